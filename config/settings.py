@@ -1,0 +1,117 @@
+"""Typed settings for the scoring service, read from the environment and `.env`.
+
+Names match the seed service (`S3_MODEL_PATH`, `FEATURES_TABLE`, `LOGS_FRACTION`, `CACHE_MAXSIZE`)
+so its deployments move over unchanged. AWS region, credentials and endpoints are deliberately
+absent: boto3's standard chain (`AWS_REGION`, `AWS_ENDPOINT_URL`, ...) provides them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(Exception):
+    """A setting has a value the service cannot start with."""
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set, with the default the service uses."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        populate_by_name=True,
+    )
+
+    # --- model ---------------------------------------------------------------------------
+    s3_model_path: str | None = Field(
+        default=None, alias="S3_MODEL_PATH", pattern=r"^s3://[^/]+/.+"
+    )
+    """`s3://bucket/key` of the cloudpickled model dict, as in the seed service."""
+    model_path: Path | None = Field(default=None, alias="MODEL_PATH")
+    """A local model file instead of S3, for development. Takes precedence over S3_MODEL_PATH."""
+    model_sha256: str | None = Field(
+        default=None, alias="MODEL_SHA256", pattern=r"^[0-9a-fA-F]{64}$"
+    )
+    """Expected SHA-256 of the model file; a mismatch refuses to start (unpickling runs code)."""
+
+    # --- features ------------------------------------------------------------------------
+    features_table: str = Field(default="features", alias="FEATURES_TABLE", min_length=3)
+    """DynamoDB table holding stream features (`pk`, `sk`, `value`)."""
+    stream_pk_prefix: str = Field(default="STREAM#", alias="STREAM_PK_PREFIX")
+    """Prefix of the partition key: `pk = prefix + streamUrl`."""
+    cache_maxsize: int = Field(default=50_000, alias="CACHE_MAXSIZE", ge=0)
+    """Feature cache entries per worker (one entry per stream and feature)."""
+    feature_ttl_seconds: float = Field(default=300.0, alias="FEATURE_TTL_SECONDS", gt=0)
+    """Cache lifetime of an item that has no `cache_ttl_in_seconds` attribute of its own."""
+    absent_ttl_seconds: float = Field(default=30.0, alias="ABSENT_TTL_SECONDS", ge=0)
+    """Cache lifetime of "this item is not in the table", so unknown streams cost one read."""
+    feature_timeout_seconds: float = Field(default=0.5, alias="FEATURE_TIMEOUT_SECONDS", gt=0)
+    """Per-request budget for fetching features; past it the request is scored without them."""
+    fetch_threads: int = Field(default=8, alias="FETCH_THREADS", ge=1, le=256)
+    """Threads per worker fetching BatchGetItem chunks concurrently."""
+    unprocessed_retries: int = Field(default=5, alias="UNPROCESSED_RETRIES", ge=0, le=20)
+    """Retries of `UnprocessedKeys` (exponential backoff with full jitter) within the budget."""
+    dynamodb_connect_timeout: float = Field(default=0.5, alias="DYNAMODB_CONNECT_TIMEOUT", gt=0)
+    """Seconds to open a connection to DynamoDB."""
+    dynamodb_read_timeout: float = Field(default=1.0, alias="DYNAMODB_READ_TIMEOUT", gt=0)
+    """Seconds to wait for a DynamoDB response."""
+    dynamodb_max_attempts: int = Field(default=3, alias="DYNAMODB_MAX_ATTEMPTS", ge=1, le=10)
+    """botocore attempts per call (standard retry mode) for errors and throttling."""
+
+    # --- requests ------------------------------------------------------------------------
+    logs_fraction: float = Field(default=0.01, alias="LOGS_FRACTION", ge=0, le=1)
+    """Fraction of requests whose user id and enriched streams are logged."""
+    max_body_bytes: int = Field(default=1_048_576, alias="MAX_BODY_BYTES", ge=1024)
+    """Largest accepted request body; larger ones get 413 without being read."""
+    max_streams: int = Field(default=1000, alias="MAX_STREAMS", ge=1)
+    """Most streams in one request; more get 413."""
+
+    # --- server (read by gunicorn.conf.py) -----------------------------------------------
+    host: str = Field(default="0.0.0.0", alias="HOST")
+    """Address to listen on."""
+    port: int = Field(default=8000, alias="PORT", ge=1, le=65535)
+    """Port to listen on."""
+    web_concurrency: int = Field(default=2, alias="WEB_CONCURRENCY", ge=1, le=64)
+    """Worker processes (each holds a copy-on-write view of the preloaded model)."""
+    threads: int = Field(default=8, alias="THREADS", ge=1, le=256)
+    """Request threads per worker (gthread)."""
+    timeout: int = Field(default=30, alias="TIMEOUT", ge=1)
+    """Seconds a request may run before the master kills and replaces its worker."""
+    max_requests: int = Field(default=0, alias="MAX_REQUESTS", ge=0)
+    """Recycle a worker after this many requests (0: never)."""
+    gc_freeze: bool = Field(default=True, alias="GC_FREEZE")
+    """Freeze the master's objects before fork so the collector does not dirty shared pages."""
+    log_level: str = Field(
+        default="info", alias="LOG_LEVEL", pattern=r"(?i)^(debug|info|warning|error|critical)$"
+    )
+    """Log level for the service and gunicorn."""
+
+    @model_validator(mode="after")
+    def _require_one_model_source(self) -> Settings:
+        if self.model_path is None and self.s3_model_path is None:
+            raise ValueError("set S3_MODEL_PATH (s3://bucket/key) or MODEL_PATH (a local file)")
+        return self
+
+    @property
+    def model_name(self) -> str:
+        """Return the model file's name, as `/` and `/health` report it."""
+        source = str(self.model_path) if self.model_path is not None else str(self.s3_model_path)
+        return source.rstrip("/").rsplit("/", 1)[-1]
+
+
+def load_settings() -> Settings:
+    """Read settings from the environment, turning a bad value into one line naming it."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"]) or "settings"
+            problems.append(f"{name}: {error['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None

@@ -1,0 +1,79 @@
+"""`make run`: the real service against a local emulator holding the example model and features."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from examples import model
+from examples.local_stack import (
+    aws_client,
+    create_features_table,
+    emulator_env,
+    free_port,
+    put_features,
+    start_emulator,
+    upload_model,
+)
+
+TABLE = "features"
+STREAMS = [f"https://streams.example.com/live/{n}" for n in range(1, 101)]
+
+
+def seed(port: int) -> str:
+    """Put the example model in S3 and three features per example stream in DynamoDB."""
+    dynamodb = aws_client("dynamodb", port)
+    create_features_table(dynamodb, TABLE)
+    put_features(
+        dynamodb,
+        TABLE,
+        (
+            (url, name, {"value": {"N": str(value)}})
+            for n, url in enumerate(STREAMS, start=1)
+            for name, value in zip(model.FEATURES, (n * 37 % 1000, n % 5, n % 7 / 7), strict=True)
+        ),
+    )
+    return upload_model(aws_client("s3", port), "scorer-models", "example-model.pkl", model.dumps())
+
+
+def main() -> int:
+    port = int(os.environ.get("EMULATOR_PORT") or free_port())
+    emulator = start_emulator(port)
+    try:
+        model_path = seed(port)
+        service_port = os.environ.get("PORT", "8000")
+        body = {
+            "user": {"userid": "viewer-1"},
+            "streams": [{"streamUrl": url} for url in STREAMS[:3]],
+            "playlist": {"name": "home"},
+        }
+        print(f"Emulator on 127.0.0.1:{port}, model at {model_path}. Score with:\n", flush=True)
+        print(
+            f"  curl -s -X POST http://127.0.0.1:{service_port}/score "
+            f"-H 'Content-Type: application/json' -d '{json.dumps(body)}'\n",
+            flush=True,
+        )
+        env = {
+            **os.environ,
+            **emulator_env(port),
+            "S3_MODEL_PATH": model_path,
+            "FEATURES_TABLE": TABLE,
+            "HOST": os.environ.get("HOST", "127.0.0.1"),
+            "PORT": service_port,
+        }
+        service = subprocess.Popen(["gunicorn", "-c", "gunicorn.conf.py"], env=env)
+        try:
+            return service.wait()
+        except KeyboardInterrupt:
+            service.send_signal(signal.SIGTERM)
+            return service.wait()
+    finally:
+        emulator.terminate()
+        emulator.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

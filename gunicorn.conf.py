@@ -1,0 +1,82 @@
+"""Gunicorn configuration: `gunicorn -c gunicorn.conf.py` runs the service.
+
+Values come from the service's settings (env and `.env`); gunicorn's own command-line flags and
+GUNICORN_CMD_ARGS still override anything set here.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from config import SettingsError, load_settings
+
+try:
+    settings = load_settings()
+except SettingsError as exc:
+    sys.exit(f"scorer: cannot start: {exc}")
+
+# --- app --------------------------------------------------------------------------------
+wsgi_app = "wsgi:app"
+
+# --- socket -----------------------------------------------------------------------------
+bind = [f"{settings.host}:{settings.port}"]
+backlog = 2048
+control_socket_disable = True  # no runtime control socket: operators signal the master instead
+
+# --- workers ----------------------------------------------------------------------------
+worker_class = "gthread"  # a thread pool per worker: CPU-bound models need processes and threads
+workers = settings.web_concurrency
+threads = settings.threads
+timeout = settings.timeout
+graceful_timeout = 30
+keepalive = 5
+max_requests = settings.max_requests
+max_requests_jitter = settings.max_requests // 10
+
+# --- preload ----------------------------------------------------------------------------
+# The master loads and validates the model once; workers share its pages copy-on-write.
+preload_app = True
+
+# --- metrics ----------------------------------------------------------------------------
+# prometheus_client reads this when first imported, which preloading the app does next:
+# set it now, and start every run from an empty directory so dead workers' files do not linger.
+_metrics_dir = Path(
+    os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="scorer-metrics-")
+)
+_metrics_dir.mkdir(parents=True, exist_ok=True)
+for _stale in _metrics_dir.glob("*.db"):
+    _stale.unlink()
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir)
+
+# --- logging ----------------------------------------------------------------------------
+loglevel = settings.log_level
+errorlog = "-"
+accesslog = None  # per-request access lines cost throughput; the metrics count requests
+
+
+# --- hooks ------------------------------------------------------------------------------
+def when_ready(server: Any) -> None:
+    """Freeze the preloaded objects so the collector in workers never writes their pages."""
+    if settings.gc_freeze:
+        gc.collect()
+        gc.freeze()
+    server.log.info("scorer ready on %s with %d workers", ", ".join(bind), workers)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """Create the worker's DynamoDB client, fetch pool and feature cache after fork."""
+    from scorer.worker import init_worker
+
+    init_worker(worker.app.wsgi())
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Drop the exited worker's live gauges from the metrics."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

@@ -1,0 +1,90 @@
+"""The Flask app factory: routes on top of an injected Scorer, settings and model."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Flask, Response, request
+
+from config import Settings
+from scorer.codec import encode
+from scorer.errors import ModelNotLoaded, register_error_handlers
+from scorer.metrics import Metrics
+from scorer.model import Model
+from scorer.payload import parse_score_request
+from scorer.scoring import FetcherFactory, Scorer
+
+JSON = "application/json"
+
+
+def create_app(
+    settings: Settings,
+    model: Model | None,
+    *,
+    metrics: Metrics | None = None,
+    fetcher_factory: FetcherFactory | None = None,
+) -> Flask:
+    """Build the app; per-worker resources are created later, by `init_worker` after fork."""
+    if fetcher_factory is None:
+        from scorer.worker import build_fetcher
+
+        fetcher_factory = build_fetcher
+    metrics = metrics or Metrics()
+    scorer = Scorer(settings, model, metrics, fetcher_factory)
+    if model is not None:
+        metrics.model_info.labels(model.name, model.sha256, ",".join(model.stream_features)).set(1)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.extensions["scorer"] = scorer
+    register_error_handlers(app)
+    requests_total = metrics.requests
+
+    @app.after_request
+    def _count(response: Response) -> Response:
+        rule = request.url_rule
+        requests_total.labels(rule.rule if rule else "unmatched", response.status_code).inc()
+        return response
+
+    @app.get("/")
+    def root() -> Response:
+        return _json({"message": "ML Scoring Service is running.", "model_name": _model_name()})
+
+    @app.get("/health")
+    def health() -> Response:
+        if scorer.model is None:
+            raise ModelNotLoaded("ML Model not loaded")
+        return _json(
+            {
+                "status": "ok",
+                "model_loaded": True,
+                "cache_size": scorer.cache_size,
+                "model_name": scorer.model.name,
+                "stream_features": list(scorer.model.stream_features),
+            }
+        )
+
+    @app.post("/score")
+    def score() -> Response:
+        started = time.perf_counter()
+        try:
+            body = request.get_data(cache=False)
+            parsed = parse_score_request(body, settings.max_streams)
+            output = scorer.score(parsed, request.args.to_dict())
+            return Response(output, mimetype=JSON)
+        finally:
+            metrics.request_duration.observe(time.perf_counter() - started)
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        text, content_type = metrics.render()
+        return Response(text, content_type=content_type)
+
+    def _model_name() -> str | None:
+        return scorer.model.name if scorer.model is not None else settings.model_name
+
+    return app
+
+
+def _json(value: object) -> Response:
+    return Response(encode(value), mimetype=JSON)

@@ -1,0 +1,168 @@
+"""Enrich streams with their features: cache first, then one coalesced DynamoDB read per key.
+
+Concurrent requests that miss the same key share one read (the first registers it as in flight,
+the others wait on it), chunks of one request are read in parallel, and the whole fetch is
+bounded by a per-request budget: a slow or failing store costs features, never the request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, wait
+from typing import Any
+
+from scorer.cache import ABSENT, Entry, FeatureCache, FeatureKey
+from scorer.metrics import Metrics
+from scorer.store import MAX_BATCH_KEYS, FeatureStore, is_valid_key
+
+logger = logging.getLogger(__name__)
+
+Chunk = list[FeatureKey]
+
+
+class FeatureFetcher:
+    """Look feature values up for a request, sharing cache and in-flight reads across threads."""
+
+    def __init__(
+        self,
+        cache: FeatureCache,
+        store: FeatureStore,
+        pool: Executor,
+        metrics: Metrics,
+        *,
+        stream_pk_prefix: str,
+        timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cache = cache
+        self._store = store
+        self._pool = pool
+        self._metrics = metrics
+        self._prefix = stream_pk_prefix
+        self._timeout = timeout
+        self._clock = clock
+        self._inflight: dict[FeatureKey, Future[dict[FeatureKey, Entry]]] = {}
+
+    def enrich(self, streams: Sequence[dict[str, Any]], names: Sequence[str]) -> bool:
+        """Set every known feature on every stream (duplicates included); True if degraded."""
+        if not names or not streams:
+            return False
+        per_url = Counter(stream["streamUrl"] for stream in streams)
+        wanted = {(url, name): count for url, count in per_url.items() for name in names}
+        values, degraded = self.lookup(wanted)
+        for stream in streams:
+            url = stream["streamUrl"]
+            for name in names:
+                value = values.get((url, name), ABSENT)
+                if value is not ABSENT:
+                    stream[name] = value
+        return degraded
+
+    def lookup(self, wanted: dict[FeatureKey, int]) -> tuple[dict[FeatureKey, Any], bool]:
+        """Return the values found for the wanted keys and whether any could not be read.
+
+        `wanted` maps each key to how many stream-feature lookups it stands for, so every lookup
+        is counted exactly once, as a hit or a miss.
+        """
+        deadline = self._clock() + self._timeout
+        found: dict[FeatureKey, Any] = {}
+        waits: dict[Future[dict[FeatureKey, Entry]], list[FeatureKey]] = {}
+        hits = absent_hits = fetched = coalesced = invalid = 0
+        with self.cache.lock:
+            owned: Chunk = []
+            for key, count in wanted.items():
+                entry = self.cache.get_unlocked(key)
+                if entry is not None:
+                    if entry.value is ABSENT:
+                        absent_hits += count
+                    else:
+                        hits += count
+                        found[key] = entry.value
+                elif (future := self._inflight.get(key)) is not None:
+                    waits.setdefault(future, []).append(key)
+                    coalesced += count
+                elif is_valid_key(key, self._prefix):
+                    owned.append(key)
+                    fetched += count
+                else:
+                    invalid += count
+            for start in range(0, len(owned), MAX_BATCH_KEYS):
+                chunk = owned[start : start + MAX_BATCH_KEYS]
+                future = Future()
+                for key in chunk:
+                    self._inflight[key] = future
+                waits[future] = chunk
+                self._pool.submit(self._fetch_chunk, chunk, deadline, future)
+        self._count(hits, absent_hits, fetched, coalesced, invalid)
+        if not waits:
+            return found, False
+        return found, self._collect(waits, deadline, found)
+
+    def _collect(
+        self,
+        waits: dict[Future[dict[FeatureKey, Entry]], list[FeatureKey]],
+        deadline: float,
+        found: dict[FeatureKey, Any],
+    ) -> bool:
+        done, not_done = wait(waits, timeout=max(0.0, deadline - self._clock()))
+        reasons: set[str] = set()
+        if not_done:
+            reasons.add("timeout")
+        for future in done:
+            if future.exception() is not None:
+                reasons.add("error")
+                continue
+            entries = future.result()
+            for key in waits[future]:
+                entry = entries.get(key)
+                if entry is None:
+                    reasons.add("unprocessed")
+                elif entry.value is not ABSENT:
+                    found[key] = entry.value
+        for reason in reasons:
+            self._metrics.degraded_requests.labels(reason).inc()
+        if reasons:
+            logger.warning("scored without some features: %s", ", ".join(sorted(reasons)))
+        return bool(reasons)
+
+    def _fetch_chunk(
+        self, chunk: Chunk, deadline: float, future: Future[dict[FeatureKey, Entry]]
+    ) -> None:
+        entries: dict[FeatureKey, Entry] = {}
+        error: BaseException | None = None
+        try:
+            if self._clock() >= deadline:
+                raise TimeoutError("feature budget spent before the read started")
+            entries = self._store.fetch_chunk(chunk, deadline)
+        except Exception as exc:  # any store failure degrades the requests waiting on it
+            logger.warning("feature read of %d keys failed: %r", len(chunk), exc)
+            error = exc
+        finally:
+            with self.cache.lock:
+                self.cache.put_many_unlocked(entries.items())
+                for key in chunk:
+                    if self._inflight.get(key) is future:
+                        del self._inflight[key]
+                size = self.cache.size_unlocked()
+            if error is None:
+                future.set_result(entries)
+            else:
+                future.set_exception(error)
+        self._metrics.cache_entries.set(size)
+
+    def _count(
+        self, hits: int, absent_hits: int, fetched: int, coalesced: int, invalid: int
+    ) -> None:
+        m = self._metrics
+        for counter, amount in (
+            (m.hits_value, hits),
+            (m.hits_absent, absent_hits),
+            (m.misses_fetched, fetched),
+            (m.misses_coalesced, coalesced),
+            (m.misses_invalid, invalid),
+        ):
+            if amount:
+                counter.inc(amount)

@@ -1,0 +1,148 @@
+"""Prometheus metrics, summed over every gunicorn worker in multiprocess mode.
+
+`PROMETHEUS_MULTIPROC_DIR` must be set before `prometheus_client` is first imported
+(gunicorn.conf.py does it); without it (unit tests) the metrics live in this process only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+STAGES = ("features", "preprocess", "predict", "serialize")
+
+
+class Metrics:
+    """Every metric the service exports, registered in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "scorer_requests", "HTTP requests answered.", ["endpoint", "status"], registry=r
+        )
+        self.request_duration = Histogram(
+            "scorer_request_duration_seconds",
+            "Time to answer a /score request.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stage_duration = Histogram(
+            "scorer_stage_duration_seconds",
+            "Time spent in each stage of a /score request.",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.cache_hits = Counter(
+            "scorer_feature_cache_hits",
+            "Stream-feature lookups answered by the cache (kind: value, or absent from the table).",
+            ["kind"],
+            registry=r,
+        )
+        self.cache_misses = Counter(
+            "scorer_feature_cache_misses",
+            "Stream-feature lookups not in the cache (kind: fetched by this request, "
+            "coalesced onto a fetch in flight, or invalid key never sent).",
+            ["kind"],
+            registry=r,
+        )
+        self.cache_entries = Gauge(
+            "scorer_feature_cache_entries",
+            "Entries in the feature caches of all live workers.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.dynamodb_duration = Histogram(
+            "scorer_dynamodb_request_duration_seconds",
+            "Latency of one BatchGetItem call, retries by botocore included.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.dynamodb_errors = Counter(
+            "scorer_dynamodb_errors",
+            "BatchGetItem calls that failed, by error.",
+            ["error"],
+            registry=r,
+        )
+        self.dynamodb_unprocessed_keys = Counter(
+            "scorer_dynamodb_unprocessed_keys",
+            "Keys DynamoDB returned as UnprocessedKeys (each retry counts again).",
+            registry=r,
+        )
+        self.dynamodb_keys_requested = Counter(
+            "scorer_dynamodb_keys_requested", "Keys sent in BatchGetItem calls.", registry=r
+        )
+        self.degraded_requests = Counter(
+            "scorer_degraded_requests",
+            "Requests scored without some features because the store failed or was too slow.",
+            ["reason"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "scorer_model_info",
+            "The model this service scores with (value 1).",
+            ["name", "sha256", "stream_features"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        # Hot-path children resolved once: .labels() costs a lock and a dict lookup each call.
+        self.stage = {stage: self.stage_duration.labels(stage) for stage in STAGES}
+        self.hits_value = self.cache_hits.labels("value")
+        self.hits_absent = self.cache_hits.labels("absent")
+        self.misses_fetched = self.cache_misses.labels("fetched")
+        self.misses_coalesced = self.cache_misses.labels("coalesced")
+        self.misses_invalid = self.cache_misses.labels("invalid")
+
+    def render(self) -> tuple[bytes, str]:
+        """Return the exposition text of all workers, with the derived hit ratio."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # A fresh registry per scrape, as the client_python multiprocess docs prescribe.
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        else:
+            registry = self.registry
+        families = list(registry.collect())
+        families.append(hit_ratio(families))
+        return generate_latest(_Snapshot(families)), CONTENT_TYPE_LATEST
+
+
+def hit_ratio(families: list[Metric]) -> Metric:
+    """Derive the cache hit ratio over all workers from the summed hit and miss counters."""
+    totals = {"scorer_feature_cache_hits_total": 0.0, "scorer_feature_cache_misses_total": 0.0}
+    for family in families:
+        for sample in family.samples:
+            if sample.name in totals:
+                totals[sample.name] += sample.value
+    hits = totals["scorer_feature_cache_hits_total"]
+    lookups = hits + totals["scorer_feature_cache_misses_total"]
+    return GaugeMetricFamily(
+        "scorer_feature_cache_hit_ratio",
+        "Share of stream-feature lookups answered by the cache, over all workers.",
+        value=hits / lookups if lookups else 0.0,
+    )
+
+
+class _Snapshot(Collector):
+    """Metric families already collected, in the form generate_latest takes."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)

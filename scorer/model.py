@@ -1,0 +1,113 @@
+"""Load and validate the team's model: a cloudpickled dict of preprocess, predict, params, features.
+
+The master process loads it once before forking, so every check that can fail happens here,
+at start-up, with one message naming the cause, never on the first request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import cloudpickle
+from botocore.exceptions import BotoCoreError, ClientError
+
+from config import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class ModelError(Exception):
+    """The model cannot be fetched, unpickled or used; the service must not start."""
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """A validated model: what `/score` calls and what `/health` reports."""
+
+    name: str
+    preprocess: Callable[..., Any]
+    predict: Callable[..., Any]
+    params: Any = field(default_factory=dict)
+    stream_features: tuple[str, ...] = ()
+    sha256: str = ""
+
+
+def read_model_bytes(settings: Settings) -> bytes:
+    """Return the model file's bytes from MODEL_PATH or S3_MODEL_PATH."""
+    if settings.model_path is not None:
+        try:
+            return settings.model_path.read_bytes()
+        except OSError as exc:
+            raise ModelError(
+                f"cannot read MODEL_PATH {settings.model_path}: {exc.strerror}"
+            ) from None
+    assert settings.s3_model_path is not None  # Settings requires one of the two
+    bucket, key = settings.s3_model_path.removeprefix("s3://").split("/", 1)
+    try:
+        body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"]
+        data: bytes = body.read()
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "error")
+        raise ModelError(f"cannot download {settings.s3_model_path}: {code}") from None
+    except BotoCoreError as exc:
+        raise ModelError(f"cannot download {settings.s3_model_path}: {exc}") from None
+    return data
+
+
+def build_model(data: bytes, name: str, expected_sha256: str | None = None) -> Model:
+    """Check the bytes' hash, unpickle them and validate the dict's shape."""
+    digest = hashlib.sha256(data).hexdigest()
+    if expected_sha256 is not None and digest != expected_sha256.lower():
+        raise ModelError(
+            f"model {name} has sha256 {digest}, MODEL_SHA256 expects {expected_sha256}"
+        )
+    try:
+        raw = cloudpickle.loads(data)
+    except Exception as exc:  # unpickling can raise anything the pickled code raises
+        raise ModelError(f"model {name} cannot be unpickled: {type(exc).__name__}: {exc}") from None
+    return validate_model(raw, name, digest)
+
+
+def validate_model(raw: object, name: str, digest: str = "") -> Model:
+    """Turn the unpickled object into a Model, or say what is wrong with it."""
+    if not isinstance(raw, Mapping):
+        raise ModelError(f"model {name} must be a dict, got {type(raw).__name__}")
+    for key in ("preprocess", "predict"):
+        if key not in raw:
+            raise ModelError(f"model {name} has no '{key}'")
+        if not callable(raw[key]):
+            raise ModelError(f"model {name}: '{key}' is not callable")
+    params = raw.get("params")
+    features = raw.get("stream_features") or []
+    if isinstance(features, str) or not all(isinstance(f, str) for f in features):
+        raise ModelError(f"model {name}: 'stream_features' must be a list of strings")
+    return Model(
+        name=name,
+        preprocess=raw["preprocess"],
+        predict=raw["predict"],
+        params={} if params is None else params,
+        stream_features=tuple(dict.fromkeys(features)),
+        sha256=digest,
+    )
+
+
+def load_model(settings: Settings) -> Model:
+    """Fetch, verify, unpickle and validate the configured model."""
+    data = read_model_bytes(settings)
+    model = build_model(data, settings.model_name, settings.model_sha256)
+    logger.info(
+        "loaded model %s (%d bytes, sha256 %s, features %s)",
+        model.name,
+        len(data),
+        model.sha256[:12],
+        list(model.stream_features),
+    )
+    return model
+
+
+__all__ = ["Model", "ModelError", "build_model", "load_model", "validate_model"]

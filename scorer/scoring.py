@@ -1,0 +1,120 @@
+"""Score one request: enrich streams with features, preprocess, predict, encode.
+
+The model is the team's own code, so everything it raises becomes the seed's 500
+"Model prediction failed", with the traceback in the log, and never takes the worker down.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from config import Settings
+from scorer.codec import encode
+from scorer.errors import ModelFailed, ModelNotLoaded, NoModelOutput
+from scorer.features import FeatureFetcher
+from scorer.metrics import Metrics
+from scorer.model import Model
+from scorer.payload import ScoreRequest
+
+logger = logging.getLogger(__name__)
+
+FetcherFactory = Callable[[Settings, Metrics], FeatureFetcher]
+
+
+def is_empty(output: Any) -> bool:
+    """Tell whether the model gave nothing to return (None, or an empty container or array)."""
+    if output is None:
+        return True
+    size = getattr(output, "size", None)  # numpy arrays: truthiness of a big array raises
+    if isinstance(size, int) and hasattr(output, "shape"):
+        return size == 0
+    try:
+        return len(output) == 0
+    except TypeError:
+        return False
+
+
+class Scorer:
+    """The model, the worker's feature fetcher and the metrics, behind one `score` call."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        model: Model | None,
+        metrics: Metrics,
+        fetcher_factory: FetcherFactory,
+    ) -> None:
+        self.settings = settings
+        self.model = model
+        self.metrics = metrics
+        self._fetcher_factory = fetcher_factory
+        self._fetcher: FeatureFetcher | None = None
+        self._fetcher_pid = 0
+        self._init_lock = threading.Lock()
+
+    def init_worker(self) -> None:
+        """Create this process's DynamoDB client, pool and cache (call after fork)."""
+        with self._init_lock:
+            if self._fetcher is None or self._fetcher_pid != os.getpid():
+                self._fetcher = self._fetcher_factory(self.settings, self.metrics)
+                self._fetcher_pid = os.getpid()
+                logger.info("worker %d: feature store client and cache ready", self._fetcher_pid)
+
+    @property
+    def fetcher(self) -> FeatureFetcher:
+        """Return this process's fetcher, creating it if the post-fork hook did not run."""
+        if self._fetcher is None or self._fetcher_pid != os.getpid():
+            self.init_worker()
+        assert self._fetcher is not None
+        return self._fetcher
+
+    @property
+    def cache_size(self) -> int:
+        """Return the number of entries in this worker's feature cache."""
+        return len(self._fetcher.cache) if self._fetcher is not None else 0
+
+    def score(self, request: ScoreRequest, query: Mapping[str, str]) -> bytes:
+        """Return the model's JSON output for one checked request."""
+        model = self.model
+        if model is None:
+            raise ModelNotLoaded("ML Model not loaded")
+        if not request.streams:
+            return b"{}"
+        stage = self.metrics.stage
+        started = time.perf_counter()
+        if model.stream_features:
+            self.fetcher.enrich(request.streams, model.stream_features)
+        if self.settings.logs_fraction and random.random() < self.settings.logs_fraction:
+            logger.info("user %s streams: %s", request.user.get("userid", ""), request.streams)
+        params = model.params
+        if isinstance(params, Mapping):
+            # A per-request copy: the shared params are read by every thread and never written.
+            params = {**params, "query_params": dict(query)}
+        t_features = time.perf_counter()
+        try:
+            model_input = model.preprocess(request.user, request.streams, request.playlist, params)
+            t_preprocess = time.perf_counter()
+            output = model.predict(model_input, params)
+        except Exception:
+            logger.exception("Model prediction failed")
+            raise ModelFailed("Model prediction failed") from None
+        t_predict = time.perf_counter()
+        if is_empty(output):
+            raise NoModelOutput("No model output generated")
+        try:
+            body = encode(output)
+        except TypeError:
+            logger.exception("model output cannot be encoded as JSON")
+            raise ModelFailed("Model prediction failed") from None
+        t_serialize = time.perf_counter()
+        stage["features"].observe(t_features - started)
+        stage["preprocess"].observe(t_preprocess - t_features)
+        stage["predict"].observe(t_predict - t_preprocess)
+        stage["serialize"].observe(t_serialize - t_predict)
+        return body

@@ -1,0 +1,38 @@
+"""Per-process resources, created in each worker after fork and never in the master.
+
+A boto3 client and its connection pool, threads and locks do not survive fork(): created in the
+master they would be shared by every worker's sockets and threads that no longer exist.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from flask import Flask
+
+from config import Settings
+from scorer.cache import FeatureCache
+from scorer.features import FeatureFetcher
+from scorer.metrics import Metrics
+from scorer.scoring import Scorer
+from scorer.store import FeatureStore, make_client
+
+
+def build_fetcher(settings: Settings, metrics: Metrics) -> FeatureFetcher:
+    """Create one worker's feature cache, DynamoDB client and fetch pool."""
+    pool_size = settings.fetch_threads
+    client = make_client(settings, max_pool_connections=max(pool_size, settings.threads))
+    return FeatureFetcher(
+        FeatureCache(settings.cache_maxsize),
+        FeatureStore(client, settings, metrics),
+        ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="features"),
+        metrics,
+        stream_pk_prefix=settings.stream_pk_prefix,
+        timeout=settings.feature_timeout_seconds,
+    )
+
+
+def init_worker(app: Flask) -> None:
+    """Create the worker's per-process resources; gunicorn's post_fork hook calls this."""
+    scorer: Scorer = app.extensions["scorer"]
+    scorer.init_worker()

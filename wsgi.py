@@ -1,0 +1,28 @@
+"""The WSGI entry point: read settings, load the model once, build the app.
+
+Under gunicorn (`preload_app = True`) this runs in the master before it forks the workers,
+so the model is unpickled once and shared copy-on-write.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from config import SettingsError, load_settings
+from scorer import create_app
+from scorer.logs import configure_logging
+from scorer.model import ModelError, load_model
+
+APP_LOAD_ERROR = 4
+"""gunicorn's own exit status for an app that cannot be loaded."""
+
+try:
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    model = load_model(settings)
+except (SettingsError, ModelError) as exc:
+    # One line an operator can act on, instead of a traceback from inside gunicorn.
+    print(f"scorer: cannot start: {exc}", file=sys.stderr, flush=True)
+    raise SystemExit(APP_LOAD_ERROR) from None
+
+app = create_app(settings, model)
