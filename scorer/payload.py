@@ -65,7 +65,7 @@ def parse_score_request(raw: bytes, max_streams: int) -> ScoreRequest:
                 f"streams[{index}] must be an object, got {_json_type(stream)}"
             )
         url = stream.get("streamUrl")
-        if url is None:
+        if "streamUrl" not in stream:
             raise UnprocessableRequest(f"streams[{index}].streamUrl is required")
         if not isinstance(url, str):
             raise UnprocessableRequest(

@@ -1,0 +1,58 @@
+"""Models for the tests, in the seed's dict format, and helpers to pickle them."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import cloudpickle
+
+FEATURES = ["f1", "f2", "f3"]
+
+
+def echo_preprocess(user: Any, streams: Any, playlist: Any, params: Any) -> dict[str, Any]:
+    """Pass everything through, so a test can see what the model received."""
+    return {"user": user, "streams": streams, "playlist": playlist, "params": params}
+
+
+def echo_predict(model_input: dict[str, Any], params: Any) -> dict[str, Any]:
+    """Return each stream's features and the query params the model saw."""
+    names = params.get("features", FEATURES) if isinstance(params, dict) else FEATURES
+    return {
+        "streams": [
+            {"streamUrl": s["streamUrl"], **{n: s[n] for n in names if n in s}}
+            for s in model_input["streams"]
+        ],
+        "query_params": params.get("query_params") if isinstance(params, dict) else None,
+        "user": model_input["user"],
+    }
+
+
+def failing_predict(model_input: Any, params: Any) -> Any:
+    raise RuntimeError("the model broke")
+
+
+def empty_predict(model_input: Any, params: Any) -> Any:
+    return []
+
+
+def echo_model(features: list[str] | None = None, **overrides: Any) -> dict[str, Any]:
+    """Return an echo model dict asking for the given features."""
+    names = FEATURES if features is None else features
+    model: dict[str, Any] = {
+        "preprocess": echo_preprocess,
+        "predict": echo_predict,
+        "params": {"features": names},
+        "stream_features": names,
+    }
+    model.update(overrides)
+    return model
+
+
+def pickle_by_value(obj: Any) -> bytes:
+    """Pickle obj with this module's functions by value, so gunicorn needs no test package."""
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        return bytes(cloudpickle.dumps(obj))
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])

@@ -1,0 +1,163 @@
+"""The HTTP contract of the seed service, through the Flask test client and the emulator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from flask.testing import FlaskClient
+
+from scorer import create_app
+from scorer.model import validate_model
+from tests import fakes
+from tests.conftest import make_settings, seed_features
+
+
+def body(*urls: str, **extra: Any) -> dict[str, Any]:
+    return {"user": {"userid": "u1"}, "streams": [{"streamUrl": u} for u in urls], **extra}
+
+
+def test_root_names_the_model(client: FlaskClient) -> None:
+    response = client.get("/")
+    assert response.json == {
+        "message": "ML Scoring Service is running.",
+        "model_name": "test-model.pkl",
+    }
+
+
+def test_health_reports_model_and_cache(client: FlaskClient, dynamodb: Any, table: str) -> None:
+    seed_features(dynamodb, table, ["https://a"], fakes.FEATURES)
+    client.post("/score", json=body("https://a"))
+
+    response = client.get("/health")
+
+    assert response.status_code == 200
+    assert response.json == {
+        "status": "ok",
+        "model_loaded": True,
+        "cache_size": 3,
+        "model_name": "test-model.pkl",
+        "stream_features": fakes.FEATURES,
+    }
+
+
+def test_health_is_503_without_a_model() -> None:
+    app = create_app(make_settings(), None)
+    response = app.test_client().get("/health")
+    assert response.status_code == 503
+    assert response.json == {"detail": "ML Model not loaded"}
+
+
+def test_score_enriches_streams_and_passes_query_params(
+    client: FlaskClient, dynamodb: Any, table: str
+) -> None:
+    seed_features(dynamodb, table, ["https://a", "https://b"], fakes.FEATURES)
+
+    response = client.post("/score?variant=b", json=body("https://a", "https://b"))
+
+    assert response.status_code == 200
+    assert response.json["streams"][1] == {
+        "streamUrl": "https://b",
+        "f1": "https://b|f1",
+        "f2": "https://b|f2",
+        "f3": "https://b|f3",
+    }
+    assert response.json["query_params"] == {"variant": "b"}
+
+
+def test_query_params_never_leak_into_the_shared_params(client: FlaskClient) -> None:
+    client.post("/score?variant=b", json=body("https://a"))
+    params = client.application.extensions["scorer"].model.params
+    assert "query_params" not in params
+
+
+def test_empty_streams_answer_an_empty_object(client: FlaskClient) -> None:
+    response = client.post("/score", json=body())
+    assert (response.status_code, response.json) == (200, {})
+
+
+def test_numpy_output_is_json(settings: Any) -> None:
+    model = fakes.echo_model(predict=lambda x, p: {"scores": np.arange(3) / 2, "n": np.int64(3)})
+    app = create_app(settings, validate_model(model, "np.pkl"))
+    response = app.test_client().post("/score", json=body("https://a"))
+    assert response.json == {"scores": [0.0, 0.5, 1.0], "n": 3}
+
+
+@pytest.mark.parametrize(
+    ("predict", "status", "detail"),
+    [
+        (fakes.failing_predict, 500, "Model prediction failed"),
+        (fakes.empty_predict, 404, "No model output generated"),
+        (lambda x, p: None, 404, "No model output generated"),
+        (lambda x, p: np.array([]), 404, "No model output generated"),
+    ],
+)
+def test_model_failures_keep_the_seed_error_shapes(
+    settings: Any, predict: Any, status: int, detail: str
+) -> None:
+    app = create_app(settings, validate_model(fakes.echo_model(predict=predict), "m.pkl"))
+    response = app.test_client().post("/score", json=body("https://a"))
+    assert (response.status_code, response.json) == (status, {"detail": detail})
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "detail"),
+    [
+        (b"{not json", 400, "Invalid JSON payload"),
+        (b"", 400, "Invalid JSON payload: the body is empty"),
+        (b"\xff\xfe", 400, "Invalid JSON payload"),
+        (b"[" * 5000 + b"]" * 5000, 400, "Invalid JSON payload"),
+        (b"[1]", 422, "the body must be a JSON object, got array"),
+        (b'{"user": 3, "streams": []}', 422, "user must be an object, got number"),
+        (b'{"playlist": [], "streams": []}', 422, "playlist must be an object, got array"),
+        (b'{"streams": {}}', 422, "streams must be an array, got object"),
+        (b'{"streams": [{"streamUrl": "a"}, 7]}', 422, "streams[1] must be an object, got number"),
+        (b'{"streams": [{"url": "a"}]}', 422, "streams[0].streamUrl is required"),
+        (
+            b'{"streams": [{"streamUrl": 5}]}',
+            422,
+            "streams[0].streamUrl must be a string, got number",
+        ),
+    ],
+)
+def test_bad_bodies_get_a_4xx_naming_the_problem(
+    client: FlaskClient, data: bytes, status: int, detail: str
+) -> None:
+    response = client.post("/score", data=data, content_type="application/json")
+    assert response.status_code == status
+    assert response.json["detail"].startswith(detail)
+
+
+def test_too_many_streams_is_413(table: str, model_dict: Any) -> None:
+    app = create_app(
+        make_settings(FEATURES_TABLE=table, MAX_STREAMS=2), validate_model(model_dict, "m.pkl")
+    )
+    response = app.test_client().post("/score", json=body("a", "b", "c"))
+    assert response.status_code == 413
+    assert response.json == {"detail": "streams has 3 items, at most 2 are allowed"}
+
+
+def test_oversized_body_is_413(table: str, model_dict: Any) -> None:
+    app = create_app(
+        make_settings(FEATURES_TABLE=table, MAX_BODY_BYTES=2048),
+        validate_model(model_dict, "m.pkl"),
+    )
+    response = app.test_client().post("/score", json=body("x" * 4096))
+    assert (response.status_code, response.json) == (413, {"detail": "Request body too large"})
+
+
+def test_routing_errors_are_json(client: FlaskClient) -> None:
+    assert client.get("/nope").json == {"detail": "Not Found"}
+    response = client.get("/score")
+    assert (response.status_code, response.json) == (405, {"detail": "Method Not Allowed"})
+    assert "POST" in response.headers["Allow"]
+
+
+def test_metrics_count_requests_by_endpoint_and_status(client: FlaskClient) -> None:
+    client.post("/score", json=body("https://a"))
+    client.post("/score", data=b"{", content_type="application/json")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'scorer_requests_total{endpoint="/score",status="200"} 1.0' in text
+    assert 'scorer_requests_total{endpoint="/score",status="400"} 1.0' in text
+    assert "scorer_model_info{" in text

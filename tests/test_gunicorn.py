@@ -1,0 +1,240 @@
+"""The real thing: `gunicorn -c gunicorn.conf.py` with 2 workers against the emulator over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from examples.local_stack import aws_client, free_port, put_features, upload_model
+from tests import fakes
+from tests.conftest import counter_total, sample_value, seed_features
+
+ROOT = Path(__file__).resolve().parent.parent
+NAMES = fakes.FEATURES
+
+
+@dataclass
+class Server:
+    """A running gunicorn master, its port, log and metrics directory."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    metrics_dir: Path
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def post(self, path: str, body: Any) -> tuple[int, Any]:
+        request = urllib.request.Request(
+            self.url(path),
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "Connection": "close"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.url("/metrics"), timeout=10) as response:
+            return str(response.read().decode())
+
+
+def gunicorn_env(emulator_port: int, **values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update(
+        {
+            "HOST": "127.0.0.1",
+            "WEB_CONCURRENCY": "2",
+            "THREADS": "4",
+            "LOGS_FRACTION": "0",
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{emulator_port}",
+            **values,
+        }
+    )
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def run_gunicorn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+@pytest.fixture(scope="module")
+def server(emulator: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("gunicorn")
+    dynamodb = aws_client("dynamodb", emulator)
+    from examples.local_stack import create_features_table
+
+    create_features_table(dynamodb, "gunicorn-features")
+    model = upload_model(
+        aws_client("s3", emulator),
+        "gunicorn-models",
+        "echo.pkl",
+        fakes.pickle_by_value(fakes.echo_model()),
+    )
+    port = free_port()
+    env = gunicorn_env(
+        emulator,
+        PORT=str(port),
+        S3_MODEL_PATH=model,
+        FEATURES_TABLE="gunicorn-features",
+        PROMETHEUS_MULTIPROC_DIR=str(tmp / "metrics"),
+    )
+    log = tmp / "gunicorn.log"
+    process = run_gunicorn(env, log)
+    server = Server(process, port, log, tmp / "metrics")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(server.url("/health"), timeout=1):
+                break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("gunicorn did not start:\n" + log.read_text()) from None
+            time.sleep(0.1)
+    yield server
+    process.terminate()
+    assert process.wait(timeout=30) == 0
+
+
+def streams(*urls: str) -> dict[str, Any]:
+    return {"user": {"userid": "u"}, "streams": [{"streamUrl": u} for u in urls], "playlist": {}}
+
+
+def test_sixty_streams_come_back_with_all_180_features(server: Server, emulator: int) -> None:
+    urls = [f"https://g/{n}" for n in range(60)] + ["https://g/0"]  # a duplicate too
+    seed_features(aws_client("dynamodb", emulator), "gunicorn-features", urls, NAMES)
+
+    status, body = server.post("/score", streams(*urls))
+
+    assert status == 200
+    assert len(body["streams"]) == 61
+    for stream in body["streams"]:
+        assert {n: stream[n] for n in NAMES} == {n: f"{stream['streamUrl']}|{n}" for n in NAMES}
+
+
+def test_clients_are_created_in_each_worker_after_fork(server: Server) -> None:
+    log = server.log.read_text()
+    ready = [line for line in log.splitlines() if "feature store client and cache ready" in line]
+    pids = {int(line.split("worker ")[1].split(":")[0]) for line in ready}
+    assert len(pids) == 2
+    assert server.process.pid not in pids
+
+
+def test_metrics_add_up_across_both_workers(server: Server) -> None:
+    urls = [f"https://m/{n}" for n in range(10)]
+    before = server.metrics()
+    lookups_before = counter_total(before, "scorer_feature_cache_hits_total") + counter_total(
+        before, "scorer_feature_cache_misses_total"
+    )
+    for _ in range(40):  # a new connection each time: both workers take some
+        assert server.post("/score", streams(*urls, urls[0]))[0] == 200
+
+    after = server.metrics()
+    lookups = counter_total(after, "scorer_feature_cache_hits_total") + counter_total(
+        after, "scorer_feature_cache_misses_total"
+    )
+    assert lookups - lookups_before == 40 * 11 * 3
+    worker_files = {p.stem.split("_")[-1] for p in server.metrics_dir.glob("counter_*.db")}
+    assert len(worker_files - {str(server.process.pid)}) == 2  # both workers counted
+    ratio = sample_value(after, "scorer_feature_cache_hit_ratio")
+    hits = counter_total(after, "scorer_feature_cache_hits_total")
+    assert ratio == pytest.approx(hits / lookups)
+
+
+def test_concurrent_cold_requests_read_each_key_at_most_once_per_worker(
+    server: Server, emulator: int
+) -> None:
+    urls = [f"https://stampede/{n}" for n in range(50)]
+    seed_features(aws_client("dynamodb", emulator), "gunicorn-features", urls, NAMES)
+    before = sample_value(server.metrics(), "scorer_dynamodb_keys_requested_total")
+    barrier = threading.Barrier(16)
+    statuses: list[int] = []
+
+    def one() -> None:
+        barrier.wait()
+        statuses.append(server.post("/score", streams(*urls))[0])
+
+    threads = [threading.Thread(target=one) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    read = sample_value(server.metrics(), "scorer_dynamodb_keys_requested_total") - before
+    assert statuses == [200] * 16
+    assert 150 <= read <= 2 * 150
+
+
+def test_item_ttl_expires_per_item_in_every_worker(server: Server, emulator: int) -> None:
+    dynamodb = aws_client("dynamodb", emulator)
+    url = "https://ttl/1"
+
+    def write(version: str) -> None:
+        put_features(
+            dynamodb,
+            "gunicorn-features",
+            [
+                (url, "f1", {"value": {"S": version}, "cache_ttl_in_seconds": {"N": "1"}}),
+                (url, "f2", {"value": {"S": version}}),  # default TTL: 300 s
+            ],
+        )
+
+    write("old")
+    entries_before = sample_value(server.metrics(), "scorer_feature_cache_entries")
+    for _ in range(50):  # until each of the 2 workers holds the 3 keys (f3 cached as absent)
+        server.post("/score", streams(url))
+        if sample_value(server.metrics(), "scorer_feature_cache_entries") >= entries_before + 6:
+            break
+    write("new")
+    time.sleep(1.5)
+
+    for _ in range(6):
+        stream = server.post("/score", streams(url))[1]["streams"][0]
+        assert (stream["f1"], stream["f2"]) == ("new", "old")
+
+
+def test_bad_model_stops_start_up_with_one_line(tmp_path: Path, emulator: int) -> None:
+    bad = tmp_path / "bad.pkl"
+    bad.write_bytes(fakes.pickle_by_value([1, 2, 3]))
+    env = gunicorn_env(emulator, PORT=str(free_port()), MODEL_PATH=str(bad))
+    log = tmp_path / "log"
+
+    status = run_gunicorn(env, log).wait(timeout=30)
+
+    output = log.read_text()
+    assert status != 0
+    assert "scorer: cannot start: model bad.pkl must be a dict, got list" in output
+    assert "Traceback" not in output
+
+
+def test_bad_setting_stops_start_up_naming_the_variable(tmp_path: Path, emulator: int) -> None:
+    env = gunicorn_env(emulator, PORT=str(free_port()), MODEL_PATH="m.pkl", LOGS_FRACTION="5")
+    log = tmp_path / "log"
+
+    status = run_gunicorn(env, log).wait(timeout=30)
+
+    assert status != 0
+    assert "scorer: cannot start: invalid settings: LOGS_FRACTION" in log.read_text()

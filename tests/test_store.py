@@ -1,0 +1,81 @@
+"""BatchGetItem retries of UnprocessedKeys: pure logic, with a scripted client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scorer.cache import ABSENT
+from scorer.metrics import Metrics
+from scorer.store import FeatureStore, deserialize, is_valid_key
+from tests.conftest import make_settings, sample
+
+
+class ScriptedClient:
+    """Answers BatchGetItem from a script: each call leaves the first `hold[i]` keys unprocessed."""
+
+    def __init__(self, table: str, hold: list[int]) -> None:
+        self.table = table
+        self.hold = hold
+        self.calls: list[int] = []
+
+    def batch_get_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
+        keys = RequestItems[self.table]["Keys"]
+        self.calls.append(len(keys))
+        held = self.hold.pop(0) if self.hold else 0
+        answered = [
+            {**key, "value": {"N": "1"}} for key in keys[held:] if key["sk"]["S"] != "missing"
+        ]
+        result: dict[str, Any] = {"Responses": {self.table: answered}}
+        if held:
+            result["UnprocessedKeys"] = {self.table: {"Keys": keys[:held]}}
+        return result
+
+
+def make_store(client: ScriptedClient, retries: int = 5) -> tuple[FeatureStore, list[float]]:
+    slept: list[float] = []
+    settings = make_settings(FEATURES_TABLE=client.table, UNPROCESSED_RETRIES=retries)
+    return FeatureStore(client, settings, Metrics(), sleep=slept.append, clock=lambda: 0.0), slept
+
+
+def test_unprocessed_keys_are_retried_with_growing_backoff() -> None:
+    client = ScriptedClient("tbl", hold=[3, 2, 1])
+    store, slept = make_store(client)
+    keys = [(f"u{n}", "f") for n in range(5)] + [("u9", "missing")]
+
+    entries = store.fetch_chunk(keys, deadline=10.0)
+
+    assert client.calls == [6, 3, 2, 1]
+    assert len(slept) == 3 and all(0 <= s <= 1.0 for s in slept)
+    assert entries[("u9", "missing")].value is ABSENT
+    assert all(entries[k].value == 1.0 for k in keys[:5])
+    assert sample(store._metrics, "scorer_dynamodb_unprocessed_keys_total") == 6
+
+
+def test_keys_still_unprocessed_after_the_retries_are_left_out() -> None:
+    client = ScriptedClient("tbl", hold=[2, 2, 2])
+    store, _ = make_store(client, retries=2)
+    keys = [("a", "f"), ("b", "f"), ("c", "f")]
+
+    entries = store.fetch_chunk(keys, deadline=10.0)
+
+    assert set(entries) == {("c", "f")}  # a and b are neither values nor "absent"
+
+
+def test_no_retry_past_the_deadline() -> None:
+    client = ScriptedClient("tbl", hold=[1])
+    store, slept = make_store(client)
+    store.fetch_chunk([("a", "f"), ("b", "f")], deadline=0.0)
+    assert client.calls == [2] and slept == []
+
+
+def test_numbers_deserialize_as_float_and_sets_as_lists() -> None:
+    assert deserialize({"N": "3"}) == 3.0 and isinstance(deserialize({"N": "3"}), float)
+    assert deserialize({"NS": ["1", "2"]}) in ([1.0, 2.0], [2.0, 1.0])
+    assert deserialize({"M": {"a": {"L": [{"N": "1"}]}}}) == {"a": [1.0]}
+
+
+def test_keys_over_dynamodb_limits_are_invalid() -> None:
+    assert is_valid_key(("https://a", "f"), "STREAM#")
+    assert not is_valid_key(("x" * 2042, "f"), "STREAM#")
+    assert not is_valid_key(("a", "f" * 1025), "STREAM#")
+    assert not is_valid_key(("a", ""), "STREAM#")
