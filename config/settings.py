@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     """Cache lifetime of an item that has no `cache_ttl_in_seconds` attribute of its own."""
     absent_ttl_seconds: float = Field(default=30.0, alias="ABSENT_TTL_SECONDS", ge=0)
     """Cache lifetime of "this item is not in the table", so unknown streams cost one read."""
-    feature_timeout_seconds: float = Field(default=0.5, alias="FEATURE_TIMEOUT_SECONDS", gt=0)
+    feature_timeout_seconds: float = Field(default=0.2, alias="FEATURE_TIMEOUT_SECONDS", gt=0)
     """Per-request budget for fetching features; past it the request is scored without them."""
     fetch_threads: int = Field(default=8, alias="FETCH_THREADS", ge=1, le=256)
     """Threads per worker fetching BatchGetItem chunks concurrently."""
