@@ -59,3 +59,13 @@ def test_env_file_is_read(tmp_path: object) -> None:
 
     pathlib.Path(".env").write_text("FEATURES_TABLE=from-dotenv\n")
     assert load_settings().features_table == "from-dotenv"
+
+
+def test_readme_documents_every_setting() -> None:
+    from pathlib import Path
+
+    from config import Settings
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = [f.alias for f in Settings.model_fields.values() if f"| `{f.alias}` |" not in readme]
+    assert missing == []
