@@ -12,6 +12,7 @@ from config import SettingsError, load_settings
 from scorer import create_app
 from scorer.logs import configure_logging
 from scorer.model import ModelError, load_model
+from scorer.store import StoreConfigError, check_region
 
 APP_LOAD_ERROR = 4
 """gunicorn's own exit status for an app that cannot be loaded."""
@@ -20,7 +21,9 @@ try:
     settings = load_settings()
     configure_logging(settings.log_level)
     model = load_model(settings)
-except (SettingsError, ModelError) as exc:
+    if model.stream_features:
+        check_region()
+except (SettingsError, ModelError, StoreConfigError) as exc:
     # One line an operator can act on, instead of a traceback from inside gunicorn.
     print(f"scorer: cannot start: {exc}", file=sys.stderr, flush=True)
     raise SystemExit(APP_LOAD_ERROR) from None

@@ -58,6 +58,16 @@ def deserialize(attribute: dict[str, Any]) -> Any:
     return _deserializer.deserialize(attribute)  # type: ignore[arg-type]
 
 
+class StoreConfigError(Exception):
+    """boto3 cannot build a DynamoDB client from this environment."""
+
+
+def check_region() -> None:
+    """Fail at start-up, in the master, if boto3's chain gives no region for the client."""
+    if boto3.session.Session().region_name is None:
+        raise StoreConfigError("no AWS region: set AWS_REGION or AWS_DEFAULT_REGION")
+
+
 def make_client(settings: Settings, max_pool_connections: int) -> Any:
     """Create the worker's DynamoDB client: thread-safe, pooled, with bounded timeouts."""
     session = boto3.session.Session()

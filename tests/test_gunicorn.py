@@ -238,3 +238,18 @@ def test_bad_setting_stops_start_up_naming_the_variable(tmp_path: Path, emulator
 
     assert status != 0
     assert "scorer: cannot start: invalid settings: LOGS_FRACTION" in log.read_text()
+
+
+def test_missing_region_stops_start_up_in_the_master(tmp_path: Path, emulator: int) -> None:
+    model = tmp_path / "m.pkl"
+    model.write_bytes(fakes.pickle_by_value(fakes.echo_model()))
+    env = gunicorn_env(emulator, PORT=str(free_port()), MODEL_PATH=str(model))
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        env.pop(name, None)
+    env["AWS_CONFIG_FILE"] = str(tmp_path / "none")
+    log = tmp_path / "log"
+
+    status = run_gunicorn(env, log).wait(timeout=30)
+
+    assert status != 0
+    assert "scorer: cannot start: no AWS region" in log.read_text()
