@@ -24,6 +24,10 @@ class ScorerError(Exception):
         super().__init__(detail)
         self.detail = detail
 
+    def json(self) -> bytes:
+        """Return the `{"detail": ...}` body clients receive."""
+        return orjson.dumps({"detail": self.detail})
+
 
 class InvalidRequest(ScorerError):
     """The body is not JSON, or not JSON at all."""
@@ -71,7 +75,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ScorerError)
     def _scorer_error(exc: ScorerError) -> Response:
-        return error_response(exc.status, exc.detail)
+        return Response(exc.json(), status=exc.status, mimetype="application/json")
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, Future, wait
 from typing import Any
 
@@ -50,50 +50,55 @@ class FeatureFetcher:
         """Set every known feature on every stream (duplicates included); True if degraded."""
         if not names or not streams:
             return False
-        per_url = Counter(stream["streamUrl"] for stream in streams)
-        wanted = {(url, name): count for url, count in per_url.items() for name in names}
-        values, degraded = self.lookup(wanted)
+        found, degraded = self.lookup(Counter(stream["streamUrl"] for stream in streams), names)
         for stream in streams:
-            url = stream["streamUrl"]
-            for name in names:
-                value = values.get((url, name), ABSENT)
-                if value is not ABSENT:
-                    stream[name] = value
+            values = found.get(stream["streamUrl"])
+            if values:
+                stream.update(values)
         return degraded
 
-    def lookup(self, wanted: dict[FeatureKey, int]) -> tuple[dict[FeatureKey, Any], bool]:
-        """Return the values found for the wanted keys and whether any could not be read.
+    def lookup(
+        self, per_url: Mapping[str, int], names: Sequence[str]
+    ) -> tuple[dict[str, dict[str, Any]], bool]:
+        """Return the values found per url and name, and whether any could not be read.
 
-        `wanted` maps each key to how many stream-feature lookups it stands for, so every lookup
-        is counted exactly once, as a hit or a miss.
+        `per_url` says how many streams share each url, so every stream-feature lookup is
+        counted exactly once, as a hit or a miss.
         """
         deadline = self._clock() + self._timeout
-        found: dict[FeatureKey, Any] = {}
+        found: dict[str, dict[str, Any]] = {}
         waits: dict[Future[dict[FeatureKey, Entry]], list[FeatureKey]] = {}
         hits = absent_hits = fetched = coalesced = invalid = 0
+        get = self.cache.get_unlocked
+        inflight = self._inflight
         with self.cache.lock:
             owned: Chunk = []
-            for key, count in wanted.items():
-                entry = self.cache.get_unlocked(key)
-                if entry is not None:
-                    if entry.value is ABSENT:
-                        absent_hits += count
+            for url, count in per_url.items():
+                values: dict[str, Any] = {}
+                for name in names:
+                    key = (url, name)
+                    entry = get(key)
+                    if entry is not None:
+                        if entry.value is ABSENT:
+                            absent_hits += count
+                        else:
+                            hits += count
+                            values[name] = entry.value
+                    elif (future := inflight.get(key)) is not None:
+                        waits.setdefault(future, []).append(key)
+                        coalesced += count
+                    elif is_valid_key(key, self._prefix):
+                        owned.append(key)
+                        fetched += count
                     else:
-                        hits += count
-                        found[key] = entry.value
-                elif (future := self._inflight.get(key)) is not None:
-                    waits.setdefault(future, []).append(key)
-                    coalesced += count
-                elif is_valid_key(key, self._prefix):
-                    owned.append(key)
-                    fetched += count
-                else:
-                    invalid += count
+                        invalid += count
+                if values:
+                    found[url] = values
             for start in range(0, len(owned), MAX_BATCH_KEYS):
                 chunk = owned[start : start + MAX_BATCH_KEYS]
                 future = Future()
                 for key in chunk:
-                    self._inflight[key] = future
+                    inflight[key] = future
                 waits[future] = chunk
                 self._pool.submit(self._fetch_chunk, chunk, deadline, future)
         self._count(hits, absent_hits, fetched, coalesced, invalid)
@@ -105,7 +110,7 @@ class FeatureFetcher:
         self,
         waits: dict[Future[dict[FeatureKey, Entry]], list[FeatureKey]],
         deadline: float,
-        found: dict[FeatureKey, Any],
+        found: dict[str, dict[str, Any]],
     ) -> bool:
         done, not_done = wait(waits, timeout=max(0.0, deadline - self._clock()))
         reasons: set[str] = set()
@@ -121,7 +126,7 @@ class FeatureFetcher:
                 if entry is None:
                     reasons.add("unprocessed")
                 elif entry.value is not ABSENT:
-                    found[key] = entry.value
+                    found.setdefault(key[0], {})[key[1]] = entry.value
         for reason in reasons:
             self._metrics.degraded_requests.labels(reason).inc()
         if reasons:

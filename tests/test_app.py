@@ -161,3 +161,22 @@ def test_metrics_count_requests_by_endpoint_and_status(client: FlaskClient) -> N
     assert 'scorer_requests_total{endpoint="/score",status="200"} 1.0' in text
     assert 'scorer_requests_total{endpoint="/score",status="400"} 1.0' in text
     assert "scorer_model_info{" in text
+
+
+def test_repeated_query_param_keeps_the_first_value(client: FlaskClient) -> None:
+    response = client.post("/score?variant=a&variant=b&flag", json=body("https://a"))
+    assert response.json["query_params"] == {"variant": "a", "flag": ""}
+
+
+def test_chunked_body_without_length_is_read(client: FlaskClient) -> None:
+    import io
+
+    import orjson
+
+    response = client.post(
+        "/score",
+        input_stream=io.BytesIO(orjson.dumps(body("https://a"))),
+        headers={"Transfer-Encoding": "chunked", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 200
+    assert response.json["streams"] == [{"streamUrl": "https://a"}]

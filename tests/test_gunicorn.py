@@ -253,3 +253,30 @@ def test_missing_region_stops_start_up_in_the_master(tmp_path: Path, emulator: i
 
     assert status != 0
     assert "scorer: cannot start: no AWS region" in log.read_text()
+
+
+def test_chunked_request_body_is_scored(server: Server) -> None:
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    payload = json.dumps(streams("https://chunked/1", "https://chunked/2")).encode()
+    connection.request(
+        "POST",
+        "/score",
+        body=iter([payload[:10], payload[10:]]),
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        encode_chunked=True,
+    )
+    response = connection.getresponse()
+    assert response.status == 200
+    assert [s["streamUrl"] for s in json.loads(response.read())["streams"]] == [
+        "https://chunked/1",
+        "https://chunked/2",
+    ]
+    connection.close()
+
+
+def test_oversized_body_is_refused_and_the_worker_keeps_serving(server: Server) -> None:
+    status, body = server.post("/score", {"streams": [], "pad": "x" * 2_000_000})
+    assert (status, body) == (413, {"detail": "Request body too large"})
+    assert server.post("/score", streams("https://after-413"))[0] == 200
