@@ -5,11 +5,13 @@ from __future__ import annotations
 from flask import Flask, Response, request
 
 from config import Settings
+from scorer import __version__
 from scorer.codec import encode
 from scorer.errors import ModelNotLoaded, register_error_handlers
 from scorer.fastpath import ScoreEndpoint
 from scorer.metrics import Metrics
 from scorer.model import Model
+from scorer.openapi import build_spec
 from scorer.scoring import FetcherFactory, Scorer
 
 JSON = "application/json"
@@ -65,6 +67,11 @@ def create_app(
     @app.route("/score", methods=["POST"])
     def score() -> Response:
         raise AssertionError("ScoreEndpoint answers POST /score before Flask")  # pragma: no cover
+
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        features = list(scorer.model.stream_features) if scorer.model is not None else []
+        return _json(build_spec(__version__, features))
 
     @app.get("/metrics")
     def prometheus() -> Response:

@@ -180,3 +180,15 @@ def test_chunked_body_without_length_is_read(client: FlaskClient) -> None:
     )
     assert response.status_code == 200
     assert response.json["streams"] == [{"streamUrl": "https://a"}]
+
+
+def test_openapi_document_describes_every_route(client: FlaskClient) -> None:
+    spec = client.get("/openapi.json").json
+    assert spec["openapi"].startswith("3.")
+    assert set(spec["paths"]) == {"/", "/health", "/score", "/metrics"}
+    routes = {
+        r.rule
+        for r in client.application.url_map.iter_rules()
+        if r.rule != "/static/<path:filename>"
+    }
+    assert routes - {"/openapi.json"} == set(spec["paths"])

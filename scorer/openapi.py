@@ -1,0 +1,131 @@
+"""The OpenAPI 3 description of the service, served at `GET /openapi.json`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ERROR = {
+    "description": "An error, with `detail` naming the problem.",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["detail"],
+                "properties": {"detail": {"type": "string"}},
+            }
+        }
+    },
+}
+_JSON_OBJECT = {"type": "object", "additionalProperties": True}
+
+
+def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def build_spec(version: str, stream_features: list[str]) -> dict[str, Any]:
+    """Return the OpenAPI document for this service and model."""
+    stream = {
+        "type": "object",
+        "required": ["streamUrl"],
+        "properties": {"streamUrl": {"type": "string"}},
+        "additionalProperties": True,
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "scorer",
+            "version": version,
+            "description": "Scores live video streams with a team's model and DynamoDB features. "
+            f"This model reads the stream features {', '.join(stream_features) or '(none)'}.",
+        },
+        "paths": {
+            "/": {
+                "get": {
+                    "summary": "Say the service runs and which model it serves",
+                    "responses": {
+                        "200": _ok(
+                            "Running.",
+                            {
+                                "type": "object",
+                                "required": ["message", "model_name"],
+                                "properties": {
+                                    "message": {"type": "string"},
+                                    "model_name": {"type": "string", "nullable": True},
+                                },
+                            },
+                        )
+                    },
+                }
+            },
+            "/health": {
+                "get": {
+                    "summary": "Report whether the model is loaded",
+                    "responses": {
+                        "200": _ok(
+                            "Healthy.",
+                            {
+                                "type": "object",
+                                "required": ["status", "model_loaded", "cache_size"],
+                                "properties": {
+                                    "status": {"type": "string", "enum": ["ok"]},
+                                    "model_loaded": {"type": "boolean"},
+                                    "cache_size": {"type": "integer", "minimum": 0},
+                                    "model_name": {"type": "string"},
+                                    "stream_features": {
+                                        "type": "array",
+                                        "items": {"type": "string"},
+                                    },
+                                },
+                            },
+                        ),
+                        "503": _ERROR,
+                    },
+                }
+            },
+            "/score": {
+                "post": {
+                    "summary": "Score streams for a user",
+                    "description": "Query parameters reach the model as params['query_params'].",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "user": _JSON_OBJECT,
+                                        "streams": {"type": "array", "items": stream},
+                                        "playlist": _JSON_OBJECT,
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "The model's output as JSON; `{}` for no streams.",
+                            "content": {"application/json": {"schema": {}}},
+                        },
+                        "400": _ERROR,
+                        "404": _ERROR,
+                        "413": _ERROR,
+                        "422": _ERROR,
+                        "500": _ERROR,
+                        "503": _ERROR,
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics summed over all workers",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text exposition format.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+        },
+    }
