@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     threads: int = Field(default=8, alias="THREADS", ge=1, le=256)
     """Request threads per worker (gthread)."""
     timeout: int = Field(default=30, alias="TIMEOUT", ge=1)
-    """Seconds a request may run before the master kills and replaces its worker."""
+    """Seconds a request may run; then its client gets a 504 and its worker is replaced."""
     max_requests: int = Field(default=0, alias="MAX_REQUESTS", ge=0)
     """Recycle a worker after this many requests (0: never)."""
     gc_freeze: bool = Field(default=True, alias="GC_FREEZE")

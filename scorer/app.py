@@ -13,6 +13,7 @@ from scorer.metrics import Metrics
 from scorer.model import Model
 from scorer.openapi import build_spec
 from scorer.scoring import FetcherFactory, Scorer
+from scorer.watchdog import Watchdog
 
 JSON = "application/json"
 
@@ -82,7 +83,11 @@ def create_app(
         return scorer.model.name if scorer.model is not None else settings.model_name
 
     # The hot path bypasses Flask's per-request machinery (see scorer/fastpath.py).
-    app.wsgi_app = ScoreEndpoint(app.wsgi_app, scorer, metrics, settings.max_body_bytes)  # type: ignore[method-assign]
+    watchdog = Watchdog(timeout=settings.timeout, grace=settings.timeout)
+    app.extensions["scorer.watchdog"] = watchdog
+    app.wsgi_app = ScoreEndpoint(  # type: ignore[method-assign]
+        app.wsgi_app, scorer, metrics, settings.max_body_bytes, watchdog
+    )
     return app
 
 

@@ -17,6 +17,7 @@ from scorer.errors import PayloadTooLarge, ScorerError
 from scorer.metrics import Metrics
 from scorer.payload import parse_score_request
 from scorer.scoring import Scorer
+from scorer.watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +65,16 @@ def query_params(query_string: str) -> dict[str, str]:
 class ScoreEndpoint:
     """WSGI middleware answering `POST /score`; everything else goes to the wrapped app."""
 
-    def __init__(self, app: WSGIApp, scorer: Scorer, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: WSGIApp,
+        scorer: Scorer,
+        metrics: Metrics,
+        max_body_bytes: int,
+        watchdog: Watchdog,
+    ) -> None:
         self._app = app
+        self._watchdog = watchdog
         self._scorer = scorer
         self._metrics = metrics
         self._limit = max_body_bytes
@@ -75,8 +84,17 @@ class ScoreEndpoint:
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") != SCORE_PATH or environ.get("REQUEST_METHOD") != "POST":
-            return self._app(environ, start_response)
+        token = self._watchdog.begin(environ)
+        try:
+            if environ.get("PATH_INFO") != SCORE_PATH or environ.get("REQUEST_METHOD") != "POST":
+                return self._app(environ, start_response)
+            return self._score(environ, start_response)
+        finally:
+            self._watchdog.end(token)
+
+    def _score(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
         started = time.perf_counter()
         headers = [("Content-Type", "application/json")]
         try:

@@ -36,3 +36,4 @@ def init_worker(app: Flask) -> None:
     """Create the worker's per-process resources; gunicorn's post_fork hook calls this."""
     scorer: Scorer = app.extensions["scorer"]
     scorer.init_worker()
+    app.extensions["scorer.watchdog"].start()
