@@ -76,7 +76,7 @@ def post_fork(server: Any, worker: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """Drop the exited worker's live gauges from the metrics."""
-    from prometheus_client import multiprocess
+    """Fold the exited worker's metrics into the archive and drop its live gauges."""
+    from scorer.metrics import archive_dead_worker
 
-    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+    archive_dead_worker(worker.pid, _metrics_dir)

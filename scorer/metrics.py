@@ -6,8 +6,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,6 +22,7 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (
@@ -111,15 +115,50 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         """Return the exposition text of all workers, with the derived hit ratio."""
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if directory:
             # A fresh registry per scrape, as the client_python multiprocess docs prescribe.
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            multiprocess.MultiProcessCollector(registry)
+            with directory_lock(Path(directory), exclusive=False):
+                families = list(registry.collect())
         else:
-            registry = self.registry
-        families = list(registry.collect())
+            families = list(self.registry.collect())
         families.append(hit_ratio(families))
         return generate_latest(_Snapshot(families)), CONTENT_TYPE_LATEST
+
+
+@contextmanager
+def directory_lock(directory: Path, *, exclusive: bool) -> Iterator[None]:
+    """Keep scrapes (shared) and the archiving of a dead worker (exclusive) apart."""
+    with open(directory / ".lock", "a+b") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def archive_dead_worker(pid: int, directory: Path) -> None:
+    """Fold an exited worker's counters and histograms into one archive file per type.
+
+    client_python keeps a file per process forever; with worker recycling (MAX_REQUESTS) the
+    directory, and every scrape's work, would grow without bound. Live gauges are dropped.
+    """
+    with directory_lock(directory, exclusive=True):
+        multiprocess.mark_process_dead(pid, str(directory))
+        for kind in ("counter", "histogram"):
+            dead = directory / f"{kind}_{pid}.db"
+            if not dead.exists():
+                continue
+            archive = MmapedDict(str(directory / f"{kind}_archive.db"))
+            try:
+                for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(str(dead)):
+                    total, _ = archive.read_value(key)
+                    archive.write_value(key, total + value, timestamp)
+            finally:
+                archive.close()
+            dead.unlink()
 
 
 def hit_ratio(families: list[Metric]) -> Metric:

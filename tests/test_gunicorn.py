@@ -280,3 +280,38 @@ def test_oversized_body_is_refused_and_the_worker_keeps_serving(server: Server) 
     status, body = server.post("/score", {"streams": [], "pad": "x" * 2_000_000})
     assert (status, body) == (413, {"detail": "Request body too large"})
     assert server.post("/score", streams("https://after-413"))[0] == 200
+
+
+def test_recycled_workers_keep_metrics_exact_and_files_bounded(
+    tmp_path: Path, emulator: int
+) -> None:
+    model = tmp_path / "m.pkl"
+    model.write_bytes(fakes.pickle_by_value(fakes.echo_model(features=[])))
+    port = free_port()
+    env = gunicorn_env(
+        emulator,
+        PORT=str(port),
+        MODEL_PATH=str(model),
+        MAX_REQUESTS="10",
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
+    )
+    process = run_gunicorn(env, tmp_path / "log")
+    server = Server(process, port, tmp_path / "log", tmp_path / "metrics")
+    try:
+        for _ in range(100):
+            try:
+                server.post("/score", streams("https://r"))
+                break
+            except OSError:
+                time.sleep(0.1)
+        for _ in range(79):
+            assert server.post("/score", streams("https://r"))[0] == 200
+        time.sleep(1)  # let the master fold the last exits
+        text = server.metrics()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert sample_value(text, "scorer_requests_total", 'endpoint="/score",status="200"') == 80
+    files = list((tmp_path / "metrics").glob("counter_*.db"))
+    assert len(files) <= 4  # archive, master, two live workers: not one per recycled worker
+    assert "Autorestarting worker" in (tmp_path / "log").read_text()
