@@ -1,6 +1,6 @@
 """The per-worker feature cache: a lock-guarded TLRU cache with a lifetime per entry.
 
-Each entry carries its own lifetime (the item's `cache_ttl_in_seconds`, the default TTL, or the
+Each feature carries its own lifetime (the item's `cache_ttl_in_seconds`, the default TTL, or the
 short TTL of "not in the table"), so one cache serves features that change at different rates.
 """
 
@@ -35,25 +35,42 @@ ABSENT: Any = _Absent()
 
 
 class Entry(NamedTuple):
-    """A cached value (or ABSENT) and how many seconds it lives."""
+    """A value read from the store (or ABSENT) and how many seconds to keep it."""
 
     value: Any
     ttl: float
 
 
-def _expires_at(_key: Hashable, entry: Entry, now: float) -> float:
-    return now + entry.ttl
+class Cached(NamedTuple):
+    """A cached value (or ABSENT) and the clock time it expires at."""
+
+    value: Any
+    expires: float
+
+
+StreamFeatures = dict[str, Cached]
+"""The cached features of one stream URL, by feature name."""
+
+
+def _last_expiry(_url: Hashable, features: StreamFeatures, now: float) -> float:
+    return max(cached.expires for cached in features.values())
 
 
 class FeatureCache:
-    """A TLRU cache safe to share between a worker's request threads."""
+    """A TLRU cache of stream features, safe to share between a worker's request threads.
+
+    One cache entry per stream URL holds all its features, each with its own expiry: a request
+    asks for every feature of a stream together, so this costs one lookup per stream instead of
+    one per feature. Sizes count features, so CACHE_MAXSIZE means what it meant in the seed.
+    """
 
     def __init__(self, maxsize: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._maxsize = maxsize
         # cachetools refuses maxsize 0: keep one slot and never fill it.
-        self._cache: TLRUCache[FeatureKey, Entry] = TLRUCache(
-            maxsize=max(maxsize, 1), ttu=_expires_at, timer=clock
+        self._cache: TLRUCache[str, StreamFeatures] = TLRUCache(
+            maxsize=max(maxsize, 1), ttu=_last_expiry, timer=clock, getsizeof=len
         )
-        self._enabled = maxsize > 0
         self.lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -61,25 +78,33 @@ class FeatureCache:
             return self.size_unlocked()
 
     def size_unlocked(self) -> int:
-        """Return the number of entries, expired ones not yet evicted included."""
-        return len(self._cache) if self._enabled else 0
+        """Return the number of cached features, expired ones not yet evicted included."""
+        return int(self._cache.currsize) if self._maxsize else 0
 
-    def get_unlocked(self, key: FeatureKey) -> Entry | None:
-        """Return the live entry for key; the caller holds `lock`."""
+    def get_unlocked(self, url: str) -> StreamFeatures | None:
+        """Return the cached features of url (check each one's expiry); the caller holds `lock`."""
         try:
             # Indexing, not .get(): .get checks membership then indexes, each through the
-            # timer, and costs five times as much on the hot path (90 lookups a request).
-            return self._cache[key]
+            # timer, and costs five times as much on the hot path.
+            return self._cache[url]
         except KeyError:
             return None
 
     def put_many_unlocked(self, entries: Iterable[tuple[FeatureKey, Entry]]) -> None:
-        """Store entries; the caller holds `lock`."""
-        if not self._enabled:
+        """Store entries next to the live features of the same URL; the caller holds `lock`."""
+        if not self._maxsize:
             return
-        for key, entry in entries:
+        now = self.clock()
+        fresh: dict[str, StreamFeatures] = {}
+        for (url, name), entry in entries:
             if entry.ttl > 0:
-                self._cache[key] = entry
+                fresh.setdefault(url, {})[name] = Cached(entry.value, now + entry.ttl)
+        for url, features in fresh.items():
+            old = self.get_unlocked(url)
+            merged = {n: c for n, c in old.items() if c.expires > now} if old else {}
+            merged.update(features)
+            if len(merged) <= self._maxsize:
+                self._cache[url] = merged
 
     def put_many(self, entries: Iterable[tuple[FeatureKey, Entry]]) -> None:
         """Store entries under the lock."""

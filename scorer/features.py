@@ -72,19 +72,22 @@ class FeatureFetcher:
         get = self.cache.get_unlocked
         inflight = self._inflight
         with self.cache.lock:
+            now = self.cache.clock()
             owned: Chunk = []
             for url, count in per_url.items():
+                cached = get(url)
                 values: dict[str, Any] = {}
                 for name in names:
-                    key = (url, name)
-                    entry = get(key)
-                    if entry is not None:
+                    entry = cached.get(name) if cached is not None else None
+                    if entry is not None and entry.expires > now:
                         if entry.value is ABSENT:
                             absent_hits += count
                         else:
                             hits += count
                             values[name] = entry.value
-                    elif (future := inflight.get(key)) is not None:
+                        continue
+                    key = (url, name)
+                    if (future := inflight.get(key)) is not None:
                         waits.setdefault(future, []).append(key)
                         coalesced += count
                     elif is_valid_key(key, self._prefix):
