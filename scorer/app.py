@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from flask import Flask, Response, request
 
 from config import Settings
@@ -27,9 +29,10 @@ def create_app(
 ) -> Flask:
     """Build the app; per-worker resources are created later, by `init_worker` after fork."""
     if fetcher_factory is None:
+        from scorer.store import load_botocore_data
         from scorer.worker import build_fetcher
 
-        fetcher_factory = build_fetcher
+        fetcher_factory = functools.partial(build_fetcher, botocore_data=load_botocore_data())
     metrics = metrics or Metrics()
     scorer = Scorer(settings, model, metrics, fetcher_factory)
     if model is not None:

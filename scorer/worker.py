@@ -7,6 +7,7 @@ master they would be shared by every worker's sockets and threads that no longer
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from flask import Flask
 
@@ -18,10 +19,12 @@ from scorer.scoring import Scorer
 from scorer.store import FeatureStore, make_client
 
 
-def build_fetcher(settings: Settings, metrics: Metrics) -> FeatureFetcher:
+def build_fetcher(
+    settings: Settings, metrics: Metrics, botocore_data: Any = None
+) -> FeatureFetcher:
     """Create one worker's feature cache, DynamoDB client and fetch pool."""
     pool_size = settings.fetch_threads
-    client = make_client(settings, max_pool_connections=max(pool_size, settings.threads))
+    client = make_client(settings, max(pool_size, settings.threads), botocore_data)
     return FeatureFetcher(
         FeatureCache(settings.cache_maxsize),
         FeatureStore(client, settings, metrics),
