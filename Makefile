@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ lint: $(STAMP)
 ## test: lint, then the whole test suite (emulator and gunicorn included)
 test: lint
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest
+
+## soak: 5 minutes at 70% of capacity with worker recycling; RSS and metric files must stay flat
+soak: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -29,7 +29,8 @@ backlog = 2048
 control_socket_disable = True  # no runtime control socket: operators signal the master instead
 
 # --- workers ----------------------------------------------------------------------------
-worker_class = "gthread"  # a thread pool per worker: CPU-bound models need processes and threads
+# gthread (a thread pool per worker) that refuses new connections as soon as a stop begins.
+worker_class = "scorer.draining.DrainingThreadWorker"
 workers = settings.web_concurrency
 threads = settings.threads
 timeout = settings.timeout

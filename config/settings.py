@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     dynamodb_read_timeout: float = Field(default=1.0, alias="DYNAMODB_READ_TIMEOUT", gt=0)
     """Seconds to wait for a DynamoDB response."""
     dynamodb_max_attempts: int = Field(default=3, alias="DYNAMODB_MAX_ATTEMPTS", ge=1, le=10)
-    """botocore attempts per call (standard retry mode) for errors and throttling."""
+    """Attempts per BatchGetItem chunk on throttling, server and connection errors."""
 
     # --- requests ------------------------------------------------------------------------
     logs_fraction: float = Field(default=0.01, alias="LOGS_FRACTION", ge=0, le=1)

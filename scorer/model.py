@@ -14,6 +14,7 @@ from typing import Any
 
 import boto3
 import cloudpickle
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from config import Settings
@@ -49,7 +50,14 @@ def read_model_bytes(settings: Settings) -> bytes:
     assert settings.s3_model_path is not None  # Settings requires one of the two
     bucket, key = settings.s3_model_path.removeprefix("s3://").split("/", 1)
     try:
-        body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"]
+        # Bounded waits: an S3 that accepts but never answers must fail start-up in seconds,
+        # not after botocore's default 60 s read timeout, three times over.
+        config = Config(
+            connect_timeout=5,
+            read_timeout=20,
+            retries={"mode": "standard", "total_max_attempts": 3},
+        )
+        body = boto3.client("s3", config=config).get_object(Bucket=bucket, Key=key)["Body"]
         data: bytes = body.read()
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "error")

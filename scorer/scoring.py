@@ -59,7 +59,12 @@ class Scorer:
         self._init_lock = threading.Lock()
 
     def init_worker(self) -> None:
-        """Create this process's DynamoDB client, pool and cache (call after fork)."""
+        """Create this process's DynamoDB client, pool and cache (call after fork).
+
+        A model that reads no features needs none of them, nor any AWS configuration.
+        """
+        if self.model is None or not self.model.stream_features:
+            return
         with self._init_lock:
             if self._fetcher is None or self._fetcher_pid != os.getpid():
                 self._fetcher = self._fetcher_factory(self.settings, self.metrics)

@@ -28,6 +28,16 @@ logger = logging.getLogger(__name__)
 
 MAX_BATCH_KEYS = 100
 """BatchGetItem refuses more keys than this in one call."""
+RETRYABLE_ERRORS = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "InternalServerError",
+        "ServiceUnavailable",
+    }
+)
+"""DynamoDB error codes worth another attempt; others (validation, access) never succeed."""
 MAX_PK_BYTES = 2048
 MAX_SK_BYTES = 1024
 """DynamoDB's key size limits: a longer key fails the whole call it is in."""
@@ -94,10 +104,19 @@ def make_client(settings: Settings, max_pool_connections: int, botocore_data: An
         max_pool_connections=max_pool_connections,
         connect_timeout=settings.dynamodb_connect_timeout,
         read_timeout=settings.dynamodb_read_timeout,
-        retries={"mode": "standard", "max_attempts": settings.dynamodb_max_attempts},
+        # botocore's own retries back off throttling by up to seconds, past any request's
+        # budget, and hide the attempts from our metrics: FeatureStore retries instead.
+        retries={"mode": "standard", "total_max_attempts": 1},
         tcp_keepalive=True,
     )
     return session.client("dynamodb", config=config)
+
+
+def is_retryable(exc: Exception) -> bool:
+    """Tell whether another attempt may succeed: throttling, server errors, connection errors."""
+    if isinstance(exc, ClientError):
+        return exc.response.get("Error", {}).get("Code") in RETRYABLE_ERRORS
+    return True  # BotoCoreError: connection refused, reset or timed out
 
 
 def is_valid_key(key: FeatureKey, prefix: str) -> bool:
@@ -127,6 +146,7 @@ class FeatureStore:
         self._default_ttl = settings.feature_ttl_seconds
         self._absent_ttl = settings.absent_ttl_seconds
         self._retries = settings.unprocessed_retries
+        self._max_attempts = settings.dynamodb_max_attempts
         self._metrics = metrics
         self._sleep = sleep
         self._clock = clock
@@ -142,9 +162,19 @@ class FeatureStore:
         by_pk = {(self._prefix + url, name): (url, name) for url, name in keys}
         pending: list[dict[str, Any]] = [{"pk": {"S": pk}, "sk": {"S": sk}} for pk, sk in by_pk]
         found: dict[FeatureKey, Entry] = {}
-        attempt = 0
+        errors = unprocessed_tries = 0
         while pending:
-            answered = self._call(pending)
+            try:
+                answered = self._call(pending)
+            except (ClientError, BotoCoreError) as exc:
+                errors += 1
+                if (
+                    not is_retryable(exc)
+                    or errors >= self._max_attempts
+                    or not self._back_off(errors, deadline)
+                ):
+                    raise
+                continue
             for item in answered.get("Responses", {}).get(self._table, []):
                 key = by_pk.get((item["pk"]["S"], item["sk"]["S"]))
                 if key is not None:
@@ -161,16 +191,24 @@ class FeatureStore:
             if not pending:
                 break
             self._metrics.dynamodb_unprocessed_keys.inc(len(pending))
-            attempt += 1
-            # Full jitter: spreads the retries of every worker hitting the same throttled table.
-            delay = random.uniform(0, min(1.0, 0.025 * 2**attempt))
-            if attempt > self._retries or self._clock() + delay >= deadline:
+            unprocessed_tries += 1
+            if unprocessed_tries > self._retries or not self._back_off(unprocessed_tries, deadline):
                 logger.warning(
-                    "giving up on %d unprocessed keys after %d tries", len(pending), attempt
+                    "giving up on %d unprocessed keys after %d tries",
+                    len(pending),
+                    unprocessed_tries,
                 )
                 break
-            self._sleep(delay)
         return found
+
+    def _back_off(self, attempt: int, deadline: float) -> bool:
+        """Sleep before another attempt, or return False if the deadline would pass first."""
+        # Full jitter: spreads the retries of every worker hitting the same throttled table.
+        delay = random.uniform(0, min(1.0, 0.025 * 2**attempt))
+        if self._clock() + delay >= deadline:
+            return False
+        self._sleep(delay)
+        return True
 
     def _call(self, keys: list[dict[str, Any]]) -> dict[str, Any]:
         started = time.perf_counter()

@@ -3,90 +3,34 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from examples.local_stack import aws_client, free_port, put_features, upload_model
+from examples.local_stack import (
+    aws_client,
+    create_features_table,
+    free_port,
+    put_features,
+    upload_model,
+)
 from tests import fakes
 from tests.conftest import counter_total, sample_value, seed_features
+from tests.servers import Server, gunicorn_env, run_gunicorn
 
-ROOT = Path(__file__).resolve().parent.parent
 NAMES = fakes.FEATURES
-
-
-@dataclass
-class Server:
-    """A running gunicorn master, its port, log and metrics directory."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
-    metrics_dir: Path
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def post(self, path: str, body: Any) -> tuple[int, Any]:
-        request = urllib.request.Request(
-            self.url(path),
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json", "Connection": "close"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(self.url("/metrics"), timeout=10) as response:
-            return str(response.read().decode())
-
-
-def gunicorn_env(emulator_port: int, **values: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    env.update(
-        {
-            "HOST": "127.0.0.1",
-            "WEB_CONCURRENCY": "2",
-            "THREADS": "4",
-            "LOGS_FRACTION": "0",
-            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{emulator_port}",
-            **values,
-        }
-    )
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env
-
-
-def run_gunicorn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
 
 
 @pytest.fixture(scope="module")
 def server(emulator: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("gunicorn")
     dynamodb = aws_client("dynamodb", emulator)
-    from examples.local_stack import create_features_table
-
     create_features_table(dynamodb, "gunicorn-features")
     model = upload_model(
         aws_client("s3", emulator),

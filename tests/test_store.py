@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from botocore.exceptions import ClientError
+
 from scorer.cache import ABSENT
 from scorer.metrics import Metrics
 from scorer.store import FeatureStore, deserialize, is_valid_key
@@ -79,3 +82,53 @@ def test_keys_over_dynamodb_limits_are_invalid() -> None:
     assert not is_valid_key(("x" * 2042, "f"), "STREAM#")
     assert not is_valid_key(("a", "f" * 1025), "STREAM#")
     assert not is_valid_key(("a", ""), "STREAM#")
+
+
+class ThrottledClient(ScriptedClient):
+    """Refuses the first `throttled` calls with the given error code, then answers."""
+
+    def __init__(self, table: str, throttled: int, code: str) -> None:
+        super().__init__(table, hold=[])
+        self.throttled = throttled
+        self.code = code
+
+    def batch_get_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
+        if self.throttled:
+            self.throttled -= 1
+            self.calls.append(-1)
+            raise ClientError(
+                {"Error": {"Code": self.code, "Message": "slow down"}}, "BatchGetItem"
+            )
+        return super().batch_get_item(RequestItems)
+
+
+def test_throttling_is_retried_and_every_attempt_counted() -> None:
+    client = ThrottledClient("tbl", throttled=2, code="ProvisionedThroughputExceededException")
+    store, slept = make_store(client)
+
+    entries = store.fetch_chunk([("a", "f")], deadline=10.0)
+
+    assert entries[("a", "f")].value == 1.0
+    assert client.calls == [-1, -1, 1] and len(slept) == 2
+    errors = sample(
+        store._metrics,
+        "scorer_dynamodb_errors_total",
+        error="ProvisionedThroughputExceededException",
+    )
+    assert errors == 2
+
+
+def test_errors_that_cannot_succeed_are_not_retried() -> None:
+    client = ThrottledClient("tbl", throttled=1, code="ValidationException")
+    store, slept = make_store(client)
+    with pytest.raises(ClientError):
+        store.fetch_chunk([("a", "f")], deadline=10.0)
+    assert client.calls == [-1] and slept == []
+
+
+def test_throttling_gives_up_at_the_attempt_limit() -> None:
+    client = ThrottledClient("tbl", throttled=5, code="ThrottlingException")
+    store, _ = make_store(client)
+    with pytest.raises(ClientError):
+        store.fetch_chunk([("a", "f")], deadline=10.0)
+    assert client.calls == [-1, -1, -1]  # DYNAMODB_MAX_ATTEMPTS defaults to 3

@@ -1,0 +1,31 @@
+"""A gthread worker that refuses new connections as soon as it is told to stop.
+
+Stock gthread stops polling its listening sockets on SIGTERM but keeps them open until it exits,
+so the kernel goes on completing handshakes into the backlog during the drain, and those clients
+get a reset at exit. Closing this worker's copies at once makes them fail fast with "refused"
+(or reach a worker still serving), while requests already accepted are answered.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gunicorn.workers.gthread import ThreadWorker
+
+
+class DrainingThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no type hints
+    """gthread, closing its listeners when the graceful stop begins."""
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        was_alive = self.alive
+        super().handle_exit(sig, frame)
+        if was_alive:
+            self.set_accept_enabled(False)
+            for listener in self.sockets:
+                listener.close()
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        # The run loop may try to re-enable accepting in the iteration the signal interrupted.
+        if enabled and not self.alive:
+            return
+        super().set_accept_enabled(enabled)
