@@ -50,11 +50,11 @@ def read_model_bytes(settings: Settings) -> bytes:
     assert settings.s3_model_path is not None  # Settings requires one of the two
     bucket, key = settings.s3_model_path.removeprefix("s3://").split("/", 1)
     try:
-        # Bounded waits: an S3 that accepts but never answers must fail start-up in seconds,
+        # Bounded waits: an S3 that accepts but never answers must fail start-up in about 30 s,
         # not after botocore's default 60 s read timeout, three times over.
         config = Config(
             connect_timeout=5,
-            read_timeout=20,
+            read_timeout=10,  # between two reads, not for the whole (possibly large) file
             retries={"mode": "standard", "total_max_attempts": 3},
         )
         body = boto3.client("s3", config=config).get_object(Bucket=bucket, Key=key)["Body"]
