@@ -12,6 +12,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+$(VENV)/.bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $@
+
 ## run: the service on 127.0.0.1:8000 against a local AWS emulator with an example model
 run: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m examples.run_local
@@ -25,6 +29,10 @@ lint: $(STAMP)
 ## test: lint, then the whole test suite (emulator and gunicorn included)
 test: lint
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest
+
+## bench: this service, the seed service and a floor app side by side; writes BENCHMARKS.md
+bench: $(VENV)/.bench
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/run.py
 
 ## soak: 5 minutes at 70% of capacity with worker recycling; RSS and metric files must stay flat
 soak: $(STAMP)

@@ -1,0 +1,136 @@
+"""Build the benchmark models and cloudpickle them to files.
+
+Run with the seed venv's python (cloudpickle 2.2.1), as a script, so the functions are pickled by
+value and both services load the very same bytes:
+
+    bench/.venv-seed/bin/python bench/models.py OUT_DIR
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import numpy as np
+
+STREAM_FEATURES = ["f1", "f2", "f3"]
+CPU_TARGET_SECONDS = 0.002
+MEMORY_ARRAY_BYTES = 256 * 1024 * 1024
+MEMORY_DICT_SIZE = 1_000_000
+
+
+def preprocess(
+    user: dict[str, Any], streams: list[dict[str, Any]], playlist: dict[str, Any], params: Any
+) -> list[tuple[Any, ...]]:
+    """Turn each stream into a tuple of its feature values (None when the store had none)."""
+    return [tuple(s.get(f) for f in STREAM_FEATURES) for s in streams]
+
+
+def predict_simple(rows: list[tuple[Any, ...]], params: dict[str, Any]) -> dict[str, Any]:
+    """Score a weighted sum and count the feature values seen, to expose silent misses."""
+    weights = params["weights"]
+    scores = []
+    seen = 0
+    for row in rows:
+        score = 0.0
+        for w, v in zip(weights, row, strict=True):
+            if v is not None:
+                score += w * float(v)
+                seen += 1
+        scores.append(score)
+    return {"scores": scores, "features_seen": seen}
+
+
+def burn_cpu(loops: int) -> float:
+    """Spin a pure-Python loop; the result is returned so it cannot be skipped."""
+    acc = 0.0
+    for i in range(loops):
+        acc += (i % 7) * 0.5
+    return acc
+
+
+def predict_cpu(rows: list[tuple[Any, ...]], params: dict[str, Any]) -> dict[str, Any]:
+    """Score like the simple model after burning about 2 ms of CPU."""
+    out = predict_simple(rows, params)
+    out["burn"] = burn_cpu(params["loops"])
+    return out
+
+
+def predict_memory(rows: list[tuple[Any, ...]], params: dict[str, Any]) -> dict[str, Any]:
+    """Score like the simple model, reading the big array and dict so they stay live."""
+    out = predict_simple(rows, params)
+    big = params["big_array"]
+    table = params["big_dict"]
+    out["scores"] = [
+        s + float(big[(i * 7919) % big.shape[0]]) + table[(i * 104729) % len(table)]
+        for i, s in enumerate(out["scores"])
+    ]
+    return out
+
+
+def calibrate_loops(target_seconds: float) -> int:
+    """Find the loop count that burns target_seconds of CPU on this machine.
+
+    The fastest of many short tries is taken: other processes can only slow a try down, so the
+    minimum is the undisturbed cost, and the model costs the same from one run to the next.
+    """
+    probe = 50_000
+    burn_cpu(probe)  # the first run pays for warming caches; do not count it
+    timings = []
+    for _ in range(25):
+        start = time.perf_counter()
+        burn_cpu(probe)
+        timings.append(time.perf_counter() - start)
+    return max(1, int(target_seconds / (min(timings) / probe)))
+
+
+def build_models() -> dict[str, dict[str, Any]]:
+    """Return the three model dicts by name."""
+    weights = [0.5, 0.3, 0.2]
+    base: dict[str, Any] = {"preprocess": preprocess, "stream_features": STREAM_FEATURES}
+    big_array = np.full(MEMORY_ARRAY_BYTES // 8, 1.5, dtype=np.float64)
+    big_dict = {i: float(i) * 0.001 for i in range(MEMORY_DICT_SIZE)}
+    return {
+        "simple": {**base, "predict": predict_simple, "params": {"weights": weights}},
+        "cpu": {
+            **base,
+            "predict": predict_cpu,
+            "params": {"weights": weights, "loops": calibrate_loops(CPU_TARGET_SECONDS)},
+        },
+        "memory": {
+            **base,
+            "predict": predict_memory,
+            "params": {"weights": weights, "big_array": big_array, "big_dict": big_dict},
+        },
+    }
+
+
+def time_predict_ms(model: dict[str, Any], streams: int = 30) -> float:
+    """Return the fastest time of the model's predict on a request of `streams`, in ms."""
+    rows = [(1.0, 2.0, 3.0)] * streams
+    timings = []
+    for _ in range(21):
+        start = time.perf_counter()
+        model["predict"](rows, model["params"])
+        timings.append(time.perf_counter() - start)
+    return round(min(timings) * 1000, 3)
+
+
+def write_models(out_dir: Path) -> None:
+    """Pickle each model to OUT_DIR/NAME.pkl; print one JSON line describing them."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    described = {}
+    for name, model in build_models().items():
+        (out_dir / f"{name}.pkl").write_bytes(cloudpickle.dumps(model))
+        described[name] = {
+            "predict_ms_30_streams": time_predict_ms(model),
+            "cpu_loops": model["params"].get("loops"),
+            "pickle_bytes": (out_dir / f"{name}.pkl").stat().st_size,
+        }
+    print(json.dumps(described), flush=True)
+
+
+if __name__ == "__main__":
+    write_models(Path(sys.argv[1]))

@@ -1,0 +1,353 @@
+"""Write BENCHMARKS.md and bench/chart.png from a results dict."""
+
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def fmt(value: Any) -> str:
+    """Render a cell: numbers rounded, None as n/a."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> list[str]:
+    """Render a Markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def compare_section(result: dict[str, Any]) -> list[str]:
+    """Render one side-by-side comparison: medians per server, then ratios of ours to each."""
+    rows = []
+    for label, s in result["summary"].items():
+        sample = result["samples"].get(label, {})
+        seen = sample.get("features_seen")
+        expected = sample.get("features_expected")
+        status = "FAILED" if s["failed"] else "ok"
+        balance = fmt(s["min_worker_share"])
+        if s["unbalanced"]:
+            balance += (
+                f" UNBALANCED in {s.get('unbalanced_rounds', '?')}/{len(s['rounds_rps'])} rounds"
+            )
+        if s.get("workers_replaced"):
+            balance += " (a worker was replaced)"
+        degraded = None if s.get("degraded") is None else int(s["degraded"])
+        features = f"{fmt(seen)}/{fmt(expected)}" if expected else fmt(seen)
+        rows.append(
+            [
+                label,
+                s["rps"],
+                s["p50_ms"],
+                s["p90_ms"],
+                s["p99_ms"],
+                s["requests"],
+                s["errors"],
+                status,
+                balance,
+                features,
+                degraded,
+            ]
+        )
+    lines = table(
+        [
+            "server",
+            "req/s (median)",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "requests",
+            "errors+non-2xx",
+            "run",
+            "min worker CPU share",
+            "features seen (sample)",
+            "scored without some features",
+        ],
+        rows,
+    )
+    ratio_rows = [
+        [
+            f"ours / {other}",
+            r["rps"]["median"],
+            ", ".join(fmt(x) for x in r["rps"]["per_round"]),
+            r["p99"]["median"],
+            ", ".join(fmt(x) for x in r["p99"]["per_round"]),
+        ]
+        for other, r in result["ratios"].items()
+    ]
+    lines += table(
+        ["ratio", "throughput (median)", "per round", "p99 (median)", "per round"], ratio_rows
+    )
+    lines += ["```", result["wrk_command"], "```", ""]
+    return lines
+
+
+def goal(name: str, value: float | None, limit: float, higher_is_better: bool) -> list[Any]:
+    """One row of the goals table."""
+    if value is None:
+        return [name, "n/a", limit, "not measured"]
+    met = value >= limit if higher_is_better else value <= limit
+    return [
+        name,
+        value,
+        ("≥ " if higher_is_better else "≤ ") + str(limit),
+        "met" if met else "NOT met",
+    ]
+
+
+def completed(results: dict[str, Any]) -> dict[str, Any]:
+    """Return the scenarios that ran to the end (crashed ones carry only an error)."""
+    return {k: v for k, v in results["scenarios"].items() if not v.get("error")}
+
+
+def goals(results: dict[str, Any]) -> list[list[Any]]:
+    """Evaluate the issue's goals from whatever scenarios ran."""
+    sc = completed(results)
+    rows = []
+    if "s1" in sc:
+        r = sc["s1"]["ratios"]
+        seed = next((v for k, v in r.items() if k.startswith("seed")), None)
+        floor = next((v for k, v in r.items() if k.startswith("floor")), None)
+        rows.append(goal("S1 throughput ours/seed", seed and seed["rps"]["median"], 3.0, True))
+        rows.append(goal("S1 p99 ours/seed", seed and seed["p99"]["median"], 0.5, False))
+        rows.append(goal("S1 throughput ours/floor", floor and floor["rps"]["median"], 0.5, True))
+        if any(s["failed"] for s in sc["s1"]["summary"].values()):
+            rows.append(["S1 run", "FAILED (errors or non-2xx)", "0 errors", "NOT met"])
+    if "s3" in sc:
+        rows.append(
+            goal(
+                "S3 cold 300-key / 30-key latency (ours)",
+                sc["s3"]["cold_latency"]["ratio"],
+                1.5,
+                False,
+            )
+        )
+    if "s5" in sc:
+        ours = sc["s5"]["variants"].get("ours(freeze=true)")
+        rows.append(
+            goal(
+                "S5 PSS 4 workers / 1 worker (ours, GC_FREEZE=true)",
+                ours and ours["ratio"],
+                1.2,
+                False,
+            )
+        )
+    if "s6" in sc:
+        s6_ours: dict[str, Any] = next(
+            (v for k, v in sc["s6"]["servers"].items() if k.startswith("ours")), {}
+        )
+        value = s6_ours.get("100", {}).get("reads_per_unique_key")
+        rows.append(goal("S6 DynamoDB reads per unique key (ours, 100 streams)", value, 2.0, False))
+    return rows
+
+
+def cold_latency_lines(s3: dict[str, Any]) -> list[str]:
+    """Render the 100-stream vs 10-stream cold latency of ours, and the emulator's own share."""
+    c = s3.get("cold_latency")
+    if not c:
+        return []
+    lines = ["Cold latency on ours, sequential requests with fresh URLs:", ""]
+    lines += table(
+        ["streams", "keys", "median ms", "requests"],
+        [
+            [c["few_streams"], 3 * c["few_streams"], c["few_median_ms"], c["requests_each"]],
+            [c["many_streams"], 3 * c["many_streams"], c["many_median_ms"], c["requests_each"]],
+        ],
+    )
+    lines += [
+        f"Ratio {c['many_streams']}/{c['few_streams']} streams: **{c['ratio']}**"
+        f" (statuses {c['statuses']}).",
+        "",
+        "The emulator alone (boto3 BatchGetItem of fresh keys, chunks of 100, median):",
+        "",
+    ]
+    alone = s3.get("emulator_alone", [])
+    lines += table(
+        ["keys", "sequential chunks ms", "parallel chunks ms"],
+        [[e["keys"], e["sequential_ms"], e["parallel_ms"]] for e in alone],
+    )
+    if len(alone) == 2:
+        lines += [
+            f"The emulator alone takes {alone[1]['parallel_ms'] / alone[0]['parallel_ms']:.2f}x"
+            f" as long for {alone[1]['keys']} keys as for {alone[0]['keys']} (chunks in parallel):"
+            " its per-key cost dominates both figures, so read the service's ratio against this"
+            " one rather than against 1.0.",
+            "",
+        ]
+    return lines
+
+
+def scenario_sections(results: dict[str, Any]) -> list[str]:
+    """Render every scenario that ran; a crashed one shows its error."""
+    sc = completed(results)
+    lines: list[str] = []
+    for name, crashed in results["scenarios"].items():
+        if crashed.get("error"):
+            lines += [f"## {name.upper()}: FAILED", "", f"`{crashed['error']}`", ""]
+    titles = {
+        "s1": "S1: warm cache, 30 streams x 3 features",
+        "s2": "S2: warm cache, 100 streams x 3 features",
+        "s3": "S3: cold, fresh streams on every request (30 streams)",
+    }
+    notes = {
+        "s2": [
+            "The seed sends all 300 keys in one BatchGetItem (limit 100), which is refused;",
+            "it then scores without features (see 'features seen').",
+            "",
+        ],
+        "s3": cold_latency_lines(sc.get("s3", {})),
+    }
+    for key, title in titles.items():
+        if key in sc:
+            lines += [f"## {title}", "", *compare_section(sc[key]), *notes.get(key, [])]
+    if "s4" in sc:
+        lines += ["## S4: CPU-heavy model (~2 ms predict), 30 streams warm", ""]
+        for workers, result in sc["s4"]["by_workers"].items():
+            lines += [f"### {workers} worker(s)", "", *compare_section(result)]
+    if "s5" in sc:
+        lines += [
+            "## S5: memory model (256 MiB array + 1M-float dict),"
+            f" PSS after {sc['s5']['requests']} requests",
+            "",
+        ]
+        rows = [
+            [
+                name,
+                v["w1"]["pss"]["total_mib"],
+                v["w4"]["pss"]["total_mib"],
+                v["ratio"],
+                "FAILED" if v["failed"] else "ok",
+            ]
+            for name, v in sc["s5"]["variants"].items()
+        ]
+        lines += table(["server", "PSS 1 worker MiB", "PSS 4 workers MiB", "4w / 1w", "run"], rows)
+        lines += ["PSS is summed over the master (or supervisor) and all its child processes.", ""]
+    if "s6" in sc:
+        s6 = sc["s6"]
+        lines += [f"## S6: stampede, {s6['copies']} identical cold requests at once", ""]
+        rows = []
+        for label, by_streams in s6["servers"].items():
+            for streams, c in by_streams.items():
+                rows.append(
+                    [
+                        label,
+                        streams,
+                        3 * int(streams),
+                        c["calls"],
+                        c["keys_requested"],
+                        c["reads_per_unique_key"],
+                        c.get("metric_keys_requested"),
+                        c["statuses"],
+                    ]
+                )
+        lines += table(
+            [
+                "server",
+                "streams",
+                "unique keys",
+                "BatchGetItem calls",
+                "keys requested (proxy)",
+                "reads per unique key",
+                f"{'scorer_dynamodb_keys_requested_total'} delta",
+                "statuses",
+            ],
+            rows,
+        )
+        lines += [
+            "Keys counted by a proxy in front of the emulator (bench/proxy.py), for both servers.",
+            "",
+        ]
+    return lines
+
+
+def write_markdown(results: dict[str, Any], path: Path, chart: Path) -> None:
+    """Write BENCHMARKS.md."""
+    m = results["machine"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Generated by `make bench` (`{results['command']}`) on {results['date']}.",
+        "",
+        f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), Python {m['python']}, {m['platform']}.",
+        f"Load: wrk, closed loop, `-t2 -c8`, {results['settings']['rounds']} rounds of "
+        f"{results['settings']['seconds']} s per server, servers alternated; medians reported. "
+        "Emulator: moto server on 127.0.0.1 (S3 + DynamoDB). wrk, the emulator and the servers"
+        " share the same cores, so absolute numbers are lower than on a dedicated box;"
+        " the ratios are the point.",
+        "",
+        "Models (cloudpickled by the seed venv's cloudpickle 2.2.1, one S3 object each, loaded by"
+        " both services): "
+        + "; ".join(
+            f"{name}: predict {fmt(d['predict_ms_30_streams'])} ms on 30 streams,"
+            f" {d['pickle_bytes'] / 2**20:,.1f} MiB"
+            for name, d in results.get("models", {}).items()
+        )
+        + ".",
+        "",
+        "## Goals",
+        "",
+    ]
+    lines += table(["goal", "measured", "target", "result"], goals(results))
+    lines += [
+        f"![chart]({os.path.relpath(chart, path.parent)})",
+        "",
+    ]
+    lines += scenario_sections(results)
+    lines += ["## Commands", "", "```"]
+    lines += [f"{label}: {cmd}" for label, cmd in results["commands"].items()]
+    lines += ["```", "", f"Raw results: `{results['results_file']}`.", ""]
+    path.write_text("\n".join(lines))
+
+
+def write_chart(results: dict[str, Any], path: Path) -> None:
+    """Draw throughput (S1-S4) and memory (S5) in one PNG."""
+    sc = completed(results)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    labels, values = [], []
+    for key in ("s1", "s2", "s3"):
+        for label, s in sc.get(key, {}).get("summary", {}).items():
+            labels.append(f"{key} {label.split('(')[0]}")
+            values.append(s["rps"] or 0)
+    axes[0].bar(
+        labels,
+        values,
+        color=["C0" if "ours" in x else "C1" if "seed" in x else "C2" for x in labels],
+    )
+    axes[0].set_title("Throughput, req/s (median, log scale)")
+    axes[0].set_yscale("log")
+    axes[0].tick_params(axis="x", rotation=60)
+    for kind, color in (("ours", "C0"), ("seed", "C1")):
+        xs, ys = [], []
+        for workers, result in sc.get("s4", {}).get("by_workers", {}).items():
+            for label, s in result["summary"].items():
+                if label.startswith(kind):
+                    xs.append(int(workers))
+                    ys.append(s["rps"] or 0)
+        axes[1].plot(xs, ys, "o-", color=color, label=kind)
+    axes[1].set_title("S4 CPU-heavy model: req/s by workers")
+    axes[1].set_xlabel("workers")
+    axes[1].set_xticks([1, 2, 4])
+    axes[1].legend()
+    names, w1, w4 = [], [], []
+    for name, v in sc.get("s5", {}).get("variants", {}).items():
+        names.append(name)
+        w1.append(v["w1"]["pss"]["total_mib"])
+        w4.append(v["w4"]["pss"]["total_mib"])
+    xs = list(range(len(names)))
+    axes[2].bar([x - 0.2 for x in xs], w1, width=0.4, label="1 worker")
+    axes[2].bar([x + 0.2 for x in xs], w4, width=0.4, label="4 workers")
+    axes[2].set_xticks(xs, names, rotation=20)
+    axes[2].set_title("S5 total PSS, MiB")
+    axes[2].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
