@@ -23,13 +23,13 @@ from load import POOL
 from procs import free_port, stop_process
 from report import write_chart, write_markdown
 from scenarios import SCENARIOS, Bench
-from servers import BENCH_DIR, REPO, SEED_VENV
+from servers import BENCH_DIR, REPO, SEED_VENV, THREADS
 
 OURS_ENV = {
     "HOST": "127.0.0.1",
     "PORT": "PORT",
     "WEB_CONCURRENCY": "N",
-    "THREADS": "8",
+    "THREADS": str(THREADS),
     "GC_FREEZE": "true|false",
     "S3_MODEL_PATH": "s3://bench-models/models/MODEL.pkl",
     "FEATURES_TABLE": "features",

@@ -12,10 +12,13 @@ from pathlib import Path
 from emulator import TABLE, aws_env
 from procs import free_port, start_process, stop_process, wait_http, wait_workers
 
+from config import Settings
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 SEED_VENV = BENCH_DIR / ".venv-seed"
-THREADS = 8
+# The service's default, used for the floor too: same gunicorn settings on both.
+THREADS = Settings.model_fields["threads"].default
 
 
 @dataclass

@@ -79,8 +79,8 @@ class Settings(BaseSettings):
     """Port to listen on."""
     web_concurrency: int = Field(default=2, alias="WEB_CONCURRENCY", ge=1, le=64)
     """Worker processes (each holds a copy-on-write view of the preloaded model)."""
-    threads: int = Field(default=8, alias="THREADS", ge=1, le=256)
-    """Request threads per worker (gthread)."""
+    threads: int = Field(default=4, alias="THREADS", ge=1, le=256)
+    """Request threads per worker (gthread): fewer keep the tail short, more ride out slow reads."""
     timeout: int = Field(default=30, alias="TIMEOUT", ge=1)
     """Seconds a request may run; then its client gets a 504 and its worker is replaced."""
     max_requests: int = Field(default=0, alias="MAX_REQUESTS", ge=0)
