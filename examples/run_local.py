@@ -65,6 +65,9 @@ def main() -> int:
             "PORT": service_port,
         }
         service = subprocess.Popen(["gunicorn", "-c", "gunicorn.conf.py"], env=env)
+        # Stopping `make run` (Ctrl-C, or SIGTERM from a supervisor) stops gunicorn gracefully
+        # and then the emulator: nothing is left running.
+        signal.signal(signal.SIGTERM, lambda *_: service.send_signal(signal.SIGTERM))
         try:
             return service.wait()
         except KeyboardInterrupt:
