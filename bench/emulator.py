@@ -14,6 +14,10 @@ from typing import Any
 import boto3
 from procs import start_process, wait_http
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo, for examples/
+from examples.local_stack import create_features_table as create_table
+from examples.local_stack import put_features
+
 BUCKET = "bench-models"
 TABLE = "features"
 REGION = "us-east-1"
@@ -59,31 +63,23 @@ def stream_url(i: int) -> str:
 def create_features_table(endpoint: str, pool_size: int) -> None:
     """Create the features table and write f1..f3 for every stream of the warm pool."""
     ddb = client("dynamodb", endpoint)
-    ddb.create_table(
-        TableName=TABLE,
-        KeySchema=[
-            {"AttributeName": "pk", "KeyType": "HASH"},
-            {"AttributeName": "sk", "KeyType": "RANGE"},
-        ],
-        AttributeDefinitions=[
-            {"AttributeName": "pk", "AttributeType": "S"},
-            {"AttributeName": "sk", "AttributeType": "S"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
+    create_table(ddb, TABLE)
+    put_features(
+        ddb,
+        TABLE,
+        (
+            (
+                stream_url(i),
+                feature,
+                {
+                    "value": {"N": str(round((i % 97) * 0.01 + n, 3))},
+                    "cache_ttl_in_seconds": {"N": "3600"},
+                },
+            )
+            for i in range(pool_size)
+            for n, feature in enumerate(STREAM_FEATURES)
+        ),
     )
-    items = [
-        {
-            "pk": {"S": "STREAM#" + stream_url(i)},
-            "sk": {"S": feature},
-            "value": {"N": str(round((i % 97) * 0.01 + n, 3))},
-            "cache_ttl_in_seconds": {"N": "3600"},
-        }
-        for i in range(pool_size)
-        for n, feature in enumerate(STREAM_FEATURES)
-    ]
-    for start in range(0, len(items), 25):
-        batch = [{"PutRequest": {"Item": item}} for item in items[start : start + 25]]
-        ddb.batch_write_item(RequestItems={TABLE: batch})
 
 
 def pickle_models(seed_python: Path, models_script: Path, out_dir: Path) -> dict[str, Any]:

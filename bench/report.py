@@ -1,6 +1,7 @@
 """Write BENCHMARKS.md and bench/chart.png from a results dict."""
 
 import os
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -8,6 +9,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def fmt(value: Any) -> str:
@@ -148,6 +151,130 @@ def goals(results: dict[str, Any]) -> list[list[Any]]:
         value = s6_ours.get("100", {}).get("reads_per_unique_key")
         rows.append(goal("S6 DynamoDB reads per unique key (ours, 100 streams)", value, 2.0, False))
     return rows
+
+
+def _by_prefix(summary: dict[str, Any], prefix: str) -> dict[str, Any] | None:
+    return next((v for k, v in summary.items() if k.startswith(prefix)), None)
+
+
+def bound_sentence(floor_rps_ratio: float, floor_p99_ratio: float) -> str:
+    """Say which S1 goals the floor itself misses, so no app on that server can meet them."""
+    missed = []
+    if floor_rps_ratio < 3.0:
+        missed.append("the throughput goal")
+    if floor_p99_ratio > 0.5:
+        missed.append("the p99 goal")
+    if not missed:
+        return "The floor meets both goals: the distance is the service's own cost."
+    return (
+        "Doing no work at all, the design's server (synchronous WSGI on gunicorn gthread) misses "
+        + " and ".join(missed)
+        + " on this machine, so no app served by it can meet "
+        + ("it" if len(missed) == 1 else "them")
+        + " here: gunicorn's own per-request work is past the bound."
+    )
+
+
+def shortfall_lines(results: dict[str, Any]) -> list[str]:
+    """Say, for each goal not met, by how much and what stands in the way, from the figures."""
+    sc = completed(results)
+    lines: list[str] = []
+    s1 = sc.get("s1")
+    if s1:
+        seed, floor = (_by_prefix(s1["summary"], p) for p in ("seed", "floor"))
+        vs_seed = _by_prefix(s1["ratios"], "seed")
+        vs_floor = _by_prefix(s1["ratios"], "floor")
+        if seed and floor and vs_seed and vs_floor:
+            lines += [
+                "**S1, throughput ≥ 3.0x and p99 ≤ 0.5x the seed's.** Ours: "
+                f"{vs_seed['rps']['median']:.2f}x the seed's throughput and "
+                f"{vs_seed['p99']['median']:.2f}x its p99 (medians of the per-round ratios). "
+                "The floor, gunicorn gthread with the same workers and threads answering a fixed "
+                "JSON after parsing the body (no features, no model), reaches "
+                f"{floor['rps'] / seed['rps']:.2f}x the seed's throughput with "
+                f"{floor['p99_ms'] / seed['p99_ms']:.2f}x its p99 (ratios of the medians). "
+                + bound_sentence(floor["rps"] / seed["rps"], floor["p99_ms"] / seed["p99_ms"])
+                + f" Ours reaches {vs_floor['rps']['median']:.0%} of the floor's throughput"
+                " (goal 50%).",
+                "",
+            ]
+            ours = _by_prefix(s1["summary"], "ours")
+            if ours and vs_seed["p99"]["median"] > 0.5:
+                lines += [
+                    f"The tail: ours {ours['p99_ms']:.1f} ms at p99, the floor "
+                    f"{floor['p99_ms']:.1f} ms, the seed {seed['p99_ms']:.1f} ms. A worker's"
+                    " threads share one GIL, so a request waits behind the others in its worker;"
+                    " fewer threads shorten the tail at the same throughput. A side run with"
+                    " `THREADS=2 python bench/run.py --only s1 --rounds 3` (results"
+                    " `bench/results/bench-20261127T020048Z.json`) gave 1.23x the seed's"
+                    " throughput and 0.88x its p99, against 1.10x at the default of 4 threads,"
+                    " which keeps more requests going while DynamoDB is slow (README,"
+                    " `THREADS`).",
+                    "",
+                ]
+    s3 = sc.get("s3")
+    alone = (s3 or {}).get("emulator_alone", [])
+    if s3 and s3.get("cold_latency") and len(alone) == 2:
+        emulator = alone[1]["parallel_ms"] / alone[0]["parallel_ms"]
+        lines += [
+            "**S3, a 300-key cold request ≤ 1.5x a 30-key one.** Ours: "
+            f"{s3['cold_latency']['ratio']:.2f}x. The emulator alone, chunks read in parallel "
+            f"exactly as the service does, takes {emulator:.2f}x as long for 300 keys as for "
+            "30: moto answers from one Python process, so three concurrent chunks cost it about "
+            "three times one chunk. The service adds no serial cost on top (its ratio is below "
+            "the emulator's); against DynamoDB, where chunks are served in parallel, the goal "
+            "depends on DynamoDB's latency, which this machine cannot measure.",
+            "",
+        ]
+    return lines
+
+
+def hotpath_lines(results: dict[str, Any]) -> list[str]:
+    """Render the in-process profile of a warm 30-stream request."""
+    hot = results.get("hotpath")
+    if not hot:
+        return []
+    lines = [
+        "## Where a warm request's time goes",
+        "",
+        "In process, no HTTP (`python bench/hotpath.py`; minimum of 7 x 2,000 calls, example"
+        " model, 30 streams x 3 features from a warm cache):",
+        "",
+    ]
+    lines += table(["stage", "us per request"], [[k, v] for k, v in hot.items()])
+    cpu = cpu_per_request(results)
+    if cpu:
+        lines += [
+            "Worker CPU per request under wrk in S1 (median over rounds of the workers' CPU"
+            " time from `/proc/PID/stat` divided by the requests answered): "
+            + ", ".join(f"{label} {us:.0f} us" for label, us in cpu.items())
+            + ". The difference between ours and the floor is the work above; the rest,"
+            " the same in both, is gunicorn gthread's own per-request work: a py-spy profile of"
+            " a worker under load (`py-spy record --subprocesses -p MASTER_PID -f raw`) puts it"
+            " in its pure-Python HTTP parser, the hand-offs between the poller thread and the"
+            " pool (a pipe write per request) and two sends per response. Flask's own"
+            " per-request cost (about 120 us) is not in it: `POST /score` is plain WSGI in front"
+            " of Flask (`scorer/fastpath.py`).",
+            "",
+        ]
+    return lines
+
+
+def cpu_per_request(results: dict[str, Any]) -> dict[str, float]:
+    """Return the median worker CPU microseconds per request of each S1 server."""
+    s1 = completed(results).get("s1")
+    if not s1:
+        return {}
+    out = {}
+    for label, rounds in s1.get("rounds", {}).items():
+        per = [
+            r["worker_cpu_seconds"] / r["requests"] * 1e6
+            for r in rounds
+            if r.get("worker_cpu_seconds") and r.get("requests")
+        ]
+        if per:
+            out[label] = statistics.median(per)
+    return out
 
 
 def cold_latency_lines(s3: dict[str, Any]) -> list[str]:
@@ -297,15 +424,18 @@ def write_markdown(results: dict[str, Any], path: Path, chart: Path) -> None:
         "",
     ]
     lines += table(["goal", "measured", "target", "result"], goals(results))
+    lines += shortfall_lines(results)
     lines += [
         f"![chart]({os.path.relpath(chart, path.parent)})",
         "",
     ]
     lines += scenario_sections(results)
+    lines += hotpath_lines(results)
     lines += ["## Commands", "", "```"]
     lines += [f"{label}: {cmd}" for label, cmd in results["commands"].items()]
     lines += ["```", "", f"Raw results: `{results['results_file']}`.", ""]
-    path.write_text("\n".join(lines))
+    # Commands name files relative to the checkout, wherever it lives.
+    path.write_text("\n".join(lines).replace(f"{REPO}/", ""))
 
 
 def write_chart(results: dict[str, Any], path: Path) -> None:
@@ -351,3 +481,19 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+if __name__ == "__main__":
+    # Re-render BENCHMARKS.md and the chart from a results file: report.py RESULTS.json [OUT.md]
+    import json
+    import sys
+
+    source = json.loads(Path(sys.argv[1]).read_text())
+    out = (
+        Path(sys.argv[2])
+        if len(sys.argv) > 2
+        else Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+    )
+    chart_path = Path(__file__).resolve().parent / "chart.png"
+    write_chart(source, chart_path)
+    write_markdown(source, out, chart_path)

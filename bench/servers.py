@@ -17,8 +17,8 @@ from config import Settings
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 SEED_VENV = BENCH_DIR / ".venv-seed"
-# The service's default, used for the floor too: same gunicorn settings on both.
-THREADS = Settings.model_fields["threads"].default
+# The service's default unless THREADS is set, used for the floor too: same gunicorn settings.
+THREADS = int(os.environ.get("THREADS") or Settings.model_fields["threads"].default)
 
 
 @dataclass
