@@ -204,9 +204,9 @@ def shortfall_lines(results: dict[str, Any]) -> list[str]:
                     f"The tail: ours {ours['p99_ms']:.1f} ms at p99, the floor "
                     f"{floor['p99_ms']:.1f} ms, the seed {seed['p99_ms']:.1f} ms. A worker's"
                     " threads share one GIL, so a request waits behind the others in its worker;"
-                    " fewer threads shorten the tail at the same throughput. A side run with"
-                    " `THREADS=2 python bench/run.py --only s1 --rounds 3` (results"
-                    " `bench/results/bench-20261127T020048Z.json`) gave 1.23x the seed's"
+                    " fewer threads shorten the tail at the same throughput. A side run,"
+                    " `THREADS=2 python bench/run.py --only s1 --rounds 3 --report REPORT.md`"
+                    " (results `bench/results/bench-20261127T020048Z.json`), gave 1.23x the seed's"
                     " throughput and 0.88x its p99, against 1.10x at the default of 4 threads,"
                     " which keeps more requests going while DynamoDB is slow (README,"
                     " `THREADS`).",

@@ -376,7 +376,6 @@ def main() -> int:
         "files_bounded": files_bounded,
         "master_alive_at_end": master_alive,
         "samples": samples,
-        "log": str(log),
     }
     result["passed"] = (
         result["rss_growth"] < RSS_GOAL and files_bounded and failed == 0 and master_alive
