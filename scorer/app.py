@@ -68,6 +68,8 @@ def create_app(
             }
         )
 
+    # Registered so Flask's router knows /score (a GET gets 405, not 404); ScoreEndpoint
+    # answers every POST before Flask sees it.
     @app.route("/score", methods=["POST"])
     def score() -> Response:
         raise AssertionError("ScoreEndpoint answers POST /score before Flask")  # pragma: no cover
