@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.mmap_dict import MmapedDict
 
 from examples.local_stack import (
     aws_client,
@@ -22,7 +23,7 @@ from examples.local_stack import (
 )
 from tests import fakes
 from tests.conftest import counter_total, sample_value, seed_features
-from tests.servers import Server, gunicorn_env, run_gunicorn
+from tests.servers import Server, gunicorn_env, run_gunicorn, wait_until
 
 NAMES = fakes.FEATURES
 
@@ -80,32 +81,57 @@ def test_sixty_streams_come_back_with_all_180_features(server: Server, emulator:
 
 
 def test_clients_are_created_in_each_worker_after_fork(server: Server) -> None:
-    log = server.log.read_text()
-    ready = [line for line in log.splitlines() if "feature store client and cache ready" in line]
-    pids = {int(line.split("worker ")[1].split(":")[0]) for line in ready}
-    assert len(pids) == 2
-    assert server.process.pid not in pids
+    def ready_pids() -> set[int]:
+        lines = server.log.read_text().splitlines()
+        ready = [line for line in lines if "feature store client and cache ready" in line]
+        return {int(line.split("worker ")[1].split(":")[0]) for line in ready}
+
+    assert wait_until(lambda: len(ready_pids()) == 2, 10), ready_pids()
+    assert server.process.pid not in ready_pids()
+
+
+def lookups_per_process(metrics_dir: Path) -> dict[str, float]:
+    """Read each process's own counter file: the lookups it counted, by pid."""
+    names = {"scorer_feature_cache_hits_total", "scorer_feature_cache_misses_total"}
+    counted = {}
+    for path in metrics_dir.glob("counter_*.db"):
+        values = MmapedDict.read_all_values_from_file(str(path))
+        counted[path.stem.split("_", 1)[1]] = sum(
+            value for key, value, _, _ in values if json.loads(key)[1] in names
+        )
+    return counted
+
+
+def total_lookups(text: str) -> float:
+    return counter_total(text, "scorer_feature_cache_hits_total") + counter_total(
+        text, "scorer_feature_cache_misses_total"
+    )
 
 
 def test_metrics_add_up_across_both_workers(server: Server) -> None:
     urls = [f"https://m/{n}" for n in range(10)]
-    before = server.metrics()
-    lookups_before = counter_total(before, "scorer_feature_cache_hits_total") + counter_total(
-        before, "scorer_feature_cache_misses_total"
-    )
-    for _ in range(40):  # a new connection each time: both workers take some
+    before_text, before = server.metrics(), lookups_per_process(server.metrics_dir)
+    sent = 0
+    # A new connection each time, until both workers have scored some (bounded).
+    while sent < 400:
         assert server.post("/score", streams(*urls, urls[0]))[0] == 200
+        sent += 1
+        grew = {
+            pid
+            for pid, n in lookups_per_process(server.metrics_dir).items()
+            if n > before.get(pid, 0)
+        }
+        if sent >= 40 and len(grew) == 2:
+            break
 
-    after = server.metrics()
-    lookups = counter_total(after, "scorer_feature_cache_hits_total") + counter_total(
-        after, "scorer_feature_cache_misses_total"
-    )
-    assert lookups - lookups_before == 40 * 11 * 3
-    worker_files = {p.stem.split("_")[-1] for p in server.metrics_dir.glob("counter_*.db")}
-    assert len(worker_files - {str(server.process.pid)}) == 2  # both workers counted
-    ratio = sample_value(after, "scorer_feature_cache_hit_ratio")
-    hits = counter_total(after, "scorer_feature_cache_hits_total")
-    assert ratio == pytest.approx(hits / lookups)
+    after_text = server.metrics()
+    after = lookups_per_process(server.metrics_dir)
+    assert len(grew) == 2, f"one worker took all {sent} requests"
+    assert total_lookups(after_text) - total_lookups(before_text) == sent * 11 * 3
+    assert sum(after.values()) - sum(before.values()) == sent * 11 * 3
+    hits = counter_total(after_text, "scorer_feature_cache_hits_total")
+    ratio = sample_value(after_text, "scorer_feature_cache_hit_ratio")
+    assert ratio == pytest.approx(hits / total_lookups(after_text))
 
 
 def test_concurrent_cold_requests_read_each_key_at_most_once_per_worker(
