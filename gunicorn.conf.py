@@ -50,8 +50,11 @@ _metrics_dir = Path(
     os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="scorer-metrics-")
 )
 _metrics_dir.mkdir(parents=True, exist_ok=True)
-for _stale in _metrics_dir.glob("*.db"):
-    _stale.unlink()
+# Once per master: a reload (SIGHUP) reads this file again and must not reset the counters.
+if os.environ.get("SCORER_METRICS_MASTER") != str(os.getpid()):
+    for _stale in _metrics_dir.glob("*.db"):
+        _stale.unlink()
+    os.environ["SCORER_METRICS_MASTER"] = str(os.getpid())
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir)
 
 # --- logging ----------------------------------------------------------------------------
@@ -80,4 +83,7 @@ def child_exit(server: Any, worker: Any) -> None:
     """Fold the exited worker's metrics into the archive and drop its live gauges."""
     from scorer.metrics import archive_dead_worker
 
-    archive_dead_worker(worker.pid, _metrics_dir)
+    try:
+        archive_dead_worker(worker.pid, _metrics_dir)
+    except Exception:  # metrics must never take the master down
+        server.log.exception("could not archive the metrics of worker %s", worker.pid)

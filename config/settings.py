@@ -68,7 +68,9 @@ class Settings(BaseSettings):
     logs_fraction: float = Field(default=0.01, alias="LOGS_FRACTION", ge=0, le=1)
     """Fraction of requests whose user id and enriched streams are logged."""
     max_body_bytes: int = Field(default=1_048_576, alias="MAX_BODY_BYTES", ge=1024)
-    """Largest accepted request body; larger ones get 413 without being read."""
+    """Largest accepted request body; a larger one is refused with 413 from its length."""
+    body_timeout_seconds: float = Field(default=5.0, alias="BODY_TIMEOUT_SECONDS", gt=0)
+    """Seconds a client has to send its request body; a stalled one gets 408."""
     max_streams: int = Field(default=1000, alias="MAX_STREAMS", ge=1)
     """Most streams in one request; more get 413."""
 

@@ -35,8 +35,7 @@ def create_app(
         fetcher_factory = functools.partial(build_fetcher, botocore_data=load_botocore_data())
     metrics = metrics or Metrics()
     scorer = Scorer(settings, model, metrics, fetcher_factory)
-    if model is not None:
-        metrics.model_info.labels(model.name, model.sha256, ",".join(model.stream_features)).set(1)
+    scorer.publish_model_info()
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

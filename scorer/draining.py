@@ -24,6 +24,12 @@ class DrainingThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
             for listener in self.sockets:
                 listener.close()
 
+    def accept(self, listener: Any) -> None:
+        # The poller may report a listener that the stop has closed since: nothing to accept.
+        if not self.alive:
+            return
+        super().accept(listener)
+
     def set_accept_enabled(self, enabled: bool) -> None:
         # The run loop may try to re-enable accepting in the iteration the signal interrupted.
         if enabled and not self.alive:

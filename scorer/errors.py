@@ -41,6 +41,12 @@ class UnprocessableRequest(ScorerError):
     status = 422
 
 
+class RequestTimeout(ScorerError):
+    """The client did not send its whole body in time."""
+
+    status = 408
+
+
 class PayloadTooLarge(ScorerError):
     """The body or the stream list is over the configured limit."""
 

@@ -13,7 +13,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl
 
-from scorer.errors import PayloadTooLarge, ScorerError
+from gunicorn.http.errors import ParseException
+
+from scorer.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, ScorerError
 from scorer.metrics import Metrics
 from scorer.payload import parse_score_request
 from scorer.scoring import Scorer
@@ -27,6 +29,7 @@ _REASONS = {
     200: "200 OK",
     400: "400 Bad Request",
     404: "404 Not Found",
+    408: "408 Request Timeout",
     413: "413 Content Too Large",
     422: "422 Unprocessable Content",
     500: "500 Internal Server Error",
@@ -34,8 +37,28 @@ _REASONS = {
 }
 
 
-def read_body(environ: dict[str, Any], limit: int) -> bytes:
-    """Read the request body, refusing one over `limit` bytes without reading it all."""
+def read_body(environ: dict[str, Any], limit: int, timeout: float) -> bytes:
+    """Read the request body: refuse one over `limit` bytes, or one not sent within `timeout`.
+
+    A client that stalls mid-body must cost one thread for a few seconds, not hold it until
+    the watchdog retires the worker; a malformed chunked body is the client's error, not ours.
+    """
+    sock = environ.get("gunicorn.socket")
+    previous = sock.gettimeout() if sock is not None else None
+    if sock is not None:
+        sock.settimeout(timeout)
+    try:
+        return _read_limited(environ, limit)
+    except TimeoutError:
+        raise RequestTimeout(f"request body not received within {timeout:g} s") from None
+    except (ParseException, OSError) as exc:  # NoMoreData is an OSError too
+        raise InvalidRequest(f"malformed request body: {type(exc).__name__}") from None
+    finally:
+        if sock is not None:
+            sock.settimeout(previous)
+
+
+def _read_limited(environ: dict[str, Any], limit: int) -> bytes:
     length_header = environ.get("CONTENT_LENGTH")
     stream = environ["wsgi.input"]
     if length_header:
@@ -78,17 +101,18 @@ class ScoreEndpoint:
         self._scorer = scorer
         self._metrics = metrics
         self._limit = max_body_bytes
+        self._body_timeout = scorer.settings.body_timeout_seconds
         self._max_streams = scorer.settings.max_streams
         self._count = {status: metrics.requests.labels(SCORE_PATH, status) for status in _REASONS}
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == SCORE_PATH and environ.get("REQUEST_METHOD") == "POST":
+            return self._score(environ, start_response)
         token = self._watchdog.begin(environ)
         try:
-            if environ.get("PATH_INFO") != SCORE_PATH or environ.get("REQUEST_METHOD") != "POST":
-                return self._app(environ, start_response)
-            return self._score(environ, start_response)
+            return self._app(environ, start_response)
         finally:
             self._watchdog.end(token)
 
@@ -96,21 +120,26 @@ class ScoreEndpoint:
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
         started = time.perf_counter()
-        headers = [("Content-Type", "application/json")]
         try:
-            body = read_body(environ, self._limit)
-            request = parse_score_request(body, self._max_streams)
-            output = self._scorer.score(request, query_params(environ.get("QUERY_STRING", "")))
+            body = read_body(environ, self._limit, self._body_timeout)
+            # Timed from here: a slow client is bounded by the body timeout, not the watchdog.
+            token = self._watchdog.begin(environ)
+            try:
+                request = parse_score_request(body, self._max_streams)
+                query = query_params(environ.get("QUERY_STRING", ""))
+                output = self._scorer.score(request, query)
+            finally:
+                self._watchdog.end(token)
             status = 200
         except ScorerError as exc:
             status, output = exc.status, exc.json()
-            if isinstance(exc, PayloadTooLarge):
-                headers.append(("Connection", "close"))  # do not drain a body we refused
         except Exception:
             logger.exception("unhandled error scoring a request")
             status, output = 500, ScorerError("Internal Server Error").json()
-        headers.append(("Content-Length", str(len(output))))
-        start_response(_REASONS[status], headers)
+        start_response(
+            _REASONS[status],
+            [("Content-Type", "application/json"), ("Content-Length", str(len(output)))],
+        )
         self._count[status].inc()
         self._metrics.request_duration.observe(time.perf_counter() - started)
         return [output]

@@ -103,7 +103,12 @@ class FeatureFetcher:
                 for key in chunk:
                     inflight[key] = future
                 waits[future] = chunk
-                self._pool.submit(self._fetch_chunk, chunk, deadline, future)
+                try:
+                    self._pool.submit(self._fetch_chunk, chunk, deadline, future)
+                except RuntimeError as exc:  # no thread to be had, or shutting down
+                    for key in chunk:
+                        del inflight[key]
+                    future.set_exception(exc)
         self._count(hits, absent_hits, fetched, coalesced, invalid)
         if not waits:
             return found, False

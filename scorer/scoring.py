@@ -71,6 +71,13 @@ class Scorer:
                 self._fetcher_pid = os.getpid()
                 logger.info("worker %d: feature store client and cache ready", self._fetcher_pid)
 
+    def publish_model_info(self) -> None:
+        """Set the model info gauge for this process."""
+        if self.model is not None:
+            model = self.model
+            labels = (model.name, model.sha256, ",".join(model.stream_features))
+            self.metrics.model_info.labels(*labels).set(1)
+
     @property
     def fetcher(self) -> FeatureFetcher:
         """Return this process's fetcher, creating it if the post-fork hook did not run."""

@@ -18,7 +18,8 @@ import botocore.loaders
 import botocore.session
 from boto3.dynamodb.types import TypeDeserializer
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from config import Settings
 from scorer.cache import ABSENT, Entry, FeatureKey
@@ -116,7 +117,8 @@ def is_retryable(exc: Exception) -> bool:
     """Tell whether another attempt may succeed: throttling, server errors, connection errors."""
     if isinstance(exc, ClientError):
         return exc.response.get("Error", {}).get("Code") in RETRYABLE_ERRORS
-    return True  # BotoCoreError: connection refused, reset or timed out
+    # Refused, reset or timed out; not bad parameters or missing credentials.
+    return isinstance(exc, BotoConnectionError | HTTPClientError)
 
 
 def is_valid_key(key: FeatureKey, prefix: str) -> bool:
@@ -173,7 +175,11 @@ class FeatureStore:
                     or errors >= self._max_attempts
                     or not self._back_off(errors, deadline)
                 ):
-                    raise
+                    if not found:
+                        raise
+                    # Keep what earlier rounds read; the rest counts as unprocessed.
+                    logger.warning("keeping %d items after %r", len(found), exc)
+                    break
                 continue
             for item in answered.get("Responses", {}).get(self._table, []):
                 key = by_pk.get((item["pk"]["S"], item["sk"]["S"]))

@@ -110,17 +110,19 @@ class Watchdog:
             ]
             for entry in stuck:
                 entry.answered = True
+                # Still under the lock: the request cannot end (and gunicorn cannot send its own
+                # response) until this 504 is written and the socket shut.
+                if entry.sock is not None:
+                    answer_timeout(entry.sock, self.timeout)
             others = sum(1 for entry in self._inflight.values() if not entry.answered)
         for entry in stuck:
             frame = sys._current_frames().get(entry.thread)
             where = "".join(traceback.format_stack(frame)) if frame is not None else "unknown"
             logger.error(
-                "request stuck for %.1f s, answering 504 and retiring this worker; stack:\n%s",
+                "request stuck for %.1f s, answered 504; retiring this worker; stack:\n%s",
                 now - entry.started,
                 where,
             )
-            if entry.sock is not None:
-                answer_timeout(entry.sock, self.timeout)
         if stuck and self._retire_by is None:
             self._retire_by = now + self._grace
             self._terminate()  # gunicorn stops accepting and lets the others finish

@@ -39,4 +39,5 @@ def init_worker(app: Flask) -> None:
     """Create the worker's per-process resources; gunicorn's post_fork hook calls this."""
     scorer: Scorer = app.extensions["scorer"]
     scorer.init_worker()
+    scorer.publish_model_info()  # a multiprocess gauge set in the master reads 0 after fork
     app.extensions["scorer.watchdog"].start()

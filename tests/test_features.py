@@ -195,3 +195,17 @@ def test_unreachable_store_degrades_instead_of_failing(metrics: Metrics) -> None
     assert streams == [{"streamUrl": "https://a"}]
     assert sample(metrics, "scorer_degraded_requests_total", reason="error") == 1
     assert fetcher.cache.size_unlocked() == 0  # a failure is not cached as "absent"
+
+
+class RefusingPool:
+    """A pool that cannot start a thread, as when the process is out of them."""
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("can't start new thread")
+
+
+def test_a_pool_that_refuses_work_degrades_without_poisoning_keys(metrics: Metrics) -> None:
+    fetcher = make_fetcher(make_settings(FEATURES_TABLE="features"), metrics, pool=RefusingPool())
+
+    assert fetcher.enrich(streams_for(["https://a"]), NAMES) is True
+    assert fetcher._inflight == {}  # the next request tries again instead of waiting in vain

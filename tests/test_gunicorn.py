@@ -46,6 +46,7 @@ def server(emulator: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         S3_MODEL_PATH=model,
         FEATURES_TABLE="gunicorn-features",
         PROMETHEUS_MULTIPROC_DIR=str(tmp / "metrics"),
+        BODY_TIMEOUT_SECONDS="1",
     )
     log = tmp / "gunicorn.log"
     process = run_gunicorn(env, log)
@@ -80,14 +81,16 @@ def test_sixty_streams_come_back_with_all_180_features(server: Server, emulator:
         assert {n: stream[n] for n in NAMES} == {n: f"{stream['streamUrl']}|{n}" for n in NAMES}
 
 
-def test_clients_are_created_in_each_worker_after_fork(server: Server) -> None:
-    def ready_pids() -> set[int]:
-        lines = server.log.read_text().splitlines()
-        ready = [line for line in lines if "feature store client and cache ready" in line]
-        return {int(line.split("worker ")[1].split(":")[0]) for line in ready}
+def ready_worker_pids(server: Server) -> set[int]:
+    """Return the pids of the workers that logged their start-up (after fork)."""
+    lines = server.log.read_text().splitlines()
+    ready = [line for line in lines if "feature store client and cache ready" in line]
+    return {int(line.split("worker ")[1].split(":")[0]) for line in ready}
 
-    assert wait_until(lambda: len(ready_pids()) == 2, 10), ready_pids()
-    assert server.process.pid not in ready_pids()
+
+def test_clients_are_created_in_each_worker_after_fork(server: Server) -> None:
+    assert wait_until(lambda: len(ready_worker_pids(server)) == 2, 10), ready_worker_pids(server)
+    assert server.process.pid not in ready_worker_pids(server)
 
 
 def lookups_per_process(metrics_dir: Path) -> dict[str, float]:
@@ -287,3 +290,45 @@ def test_recycled_workers_keep_metrics_exact_and_files_bounded(
     files = list((tmp_path / "metrics").glob("counter_*.db"))
     assert len(files) <= 4  # archive, master, two live workers: not one per recycled worker
     assert "Autorestarting worker" in (tmp_path / "log").read_text()
+
+
+def raw_exchange(server: Server, request: bytes, pause: float = 0.0) -> tuple[bytes, float]:
+    """Send raw bytes (then wait `pause` seconds), and read the answer until the server closes."""
+    import socket
+
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+        sock.sendall(request)
+        time.sleep(pause)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+            if b"\r\n\r\n" in answer and answer.endswith(b"}"):
+                break
+    return answer, time.monotonic() - started
+
+
+def test_stalled_body_gets_408_and_costs_no_worker(server: Server) -> None:
+    pids_before = set(ready_worker_pids(server))
+    head = b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    answer, elapsed = raw_exchange(server, head + b'Content-Length: 1000\r\n\r\n{"str')
+
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert b"request body not received within 1 s" in answer
+    assert elapsed < 10
+    assert server.post("/score", streams("https://after-408"))[0] == 200
+    assert set(ready_worker_pids(server)) == pids_before  # no worker was retired
+
+
+def test_malformed_chunked_body_is_a_400(server: Server) -> None:
+    head = b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    answer, _ = raw_exchange(server, head + b"Transfer-Encoding: chunked\r\n\r\nZZ\r\n{}\r\n")
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert b"malformed request body" in answer
+
+
+def test_model_info_is_published_by_every_worker(server: Server) -> None:
+    text = server.metrics()
+    samples = [line for line in text.splitlines() if line.startswith("scorer_model_info{")]
+    assert len(samples) >= 3  # the master and both workers
+    assert all(line.endswith(" 1.0") for line in samples)

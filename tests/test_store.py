@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, EndpointConnectionError, ParamValidationError
 
 from scorer.cache import ABSENT
 from scorer.metrics import Metrics
@@ -132,3 +132,34 @@ def test_throttling_gives_up_at_the_attempt_limit() -> None:
     with pytest.raises(ClientError):
         store.fetch_chunk([("a", "f")], deadline=10.0)
     assert client.calls == [-1, -1, -1]  # DYNAMODB_MAX_ATTEMPTS defaults to 3
+
+
+class BrokenClient(ScriptedClient):
+    """Answers with unprocessed keys first, then raises the given error."""
+
+    def __init__(self, table: str, error: Exception) -> None:
+        super().__init__(table, hold=[1])
+        self.error = error
+
+    def batch_get_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
+        if self.calls:
+            self.calls.append(-1)
+            raise self.error
+        return super().batch_get_item(RequestItems)
+
+
+def test_items_read_before_a_final_error_are_kept() -> None:
+    client = BrokenClient("tbl", ParamValidationError(report="bad"))
+    store, _ = make_store(client)
+
+    entries = store.fetch_chunk([("a", "f"), ("b", "f")], deadline=10.0)
+
+    assert set(entries) == {("b", "f")}  # "a" was unprocessed, then the retry failed
+    assert client.calls == [2, -1]  # a parameter error is not retried
+
+
+def test_connection_errors_are_retried() -> None:
+    client = BrokenClient("tbl", EndpointConnectionError(endpoint_url="http://x"))
+    store, slept = make_store(client)
+    store.fetch_chunk([("a", "f"), ("b", "f")], deadline=10.0)
+    assert client.calls == [2, -1, -1, -1] and len(slept) == 3  # unprocessed once, then 3 errors
