@@ -207,7 +207,9 @@ def shortfall_lines(results: dict[str, Any]) -> list[str]:
                     " fewer threads shorten the tail at the same throughput. A side run,"
                     " `THREADS=2 python bench/run.py --only s1 --rounds 3 --report REPORT.md`"
                     " (results `bench/results/bench-20261127T020048Z.json`), gave 1.23x the seed's"
-                    " throughput and 0.88x its p99, against 1.10x at the default of 4 threads,"
+                    " throughput and 0.88x its p99, against"
+                    f" {vs_seed['p99']['median']:.2f}x in this run at {threads_used(results)}"
+                    " threads, the default,"
                     " which keeps more requests going while DynamoDB is slow (README,"
                     " `THREADS`).",
                     "",
@@ -258,6 +260,12 @@ def hotpath_lines(results: dict[str, Any]) -> list[str]:
             "",
         ]
     return lines
+
+
+def threads_used(results: dict[str, Any]) -> str:
+    """Return the THREADS value this run gave the servers."""
+    env = results.get("commands", {}).get("ours env", "")
+    return next((part.split("=", 1)[1] for part in env.split() if part.startswith("THREADS=")), "?")
 
 
 def cpu_per_request(results: dict[str, Any]) -> dict[str, float]:
