@@ -32,7 +32,10 @@ def create_app(
         from scorer.store import load_botocore_data
         from scorer.worker import build_fetcher
 
-        fetcher_factory = functools.partial(build_fetcher, botocore_data=load_botocore_data())
+        # Parsed here, in the master, only for a model that will read features.
+        reads_features = model is not None and bool(model.stream_features)
+        botocore_data = load_botocore_data() if reads_features else None
+        fetcher_factory = functools.partial(build_fetcher, botocore_data=botocore_data)
     metrics = metrics or Metrics()
     scorer = Scorer(settings, model, metrics, fetcher_factory)
     scorer.publish_model_info()

@@ -26,7 +26,7 @@ class ScorerError(Exception):
 
     def json(self) -> bytes:
         """Return the `{"detail": ...}` body clients receive."""
-        return orjson.dumps({"detail": self.detail})
+        return detail_json(self.detail)
 
 
 class InvalidRequest(ScorerError):
@@ -71,9 +71,14 @@ class ModelNotLoaded(ScorerError):
     status = 503
 
 
+def detail_json(detail: str) -> bytes:
+    """Return the `{"detail": ...}` body every error uses, as FastAPI writes it."""
+    return orjson.dumps({"detail": detail})
+
+
 def error_response(status: int, detail: str) -> Response:
-    """Return the `{"detail": ...}` JSON response every error uses."""
-    return Response(orjson.dumps({"detail": detail}), status=status, mimetype="application/json")
+    """Return the `{"detail": ...}` JSON response for a Flask route."""
+    return Response(detail_json(detail), status=status, mimetype="application/json")
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -81,7 +86,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ScorerError)
     def _scorer_error(exc: ScorerError) -> Response:
-        return Response(exc.json(), status=exc.status, mimetype="application/json")
+        return error_response(exc.status, exc.detail)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

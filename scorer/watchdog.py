@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
+from scorer.errors import detail_json
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class _InFlight:
 
 def answer_timeout(sock: socket.socket, timeout: float) -> None:
     """Write a complete 504 JSON response on the client's socket and close it."""
-    body = orjson.dumps({"detail": f"Model prediction timed out after {timeout:g} s"})
+    body = detail_json(f"Model prediction timed out after {timeout:g} s")
     head = (
         "HTTP/1.1 504 Gateway Timeout\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
