@@ -255,8 +255,8 @@ def hotpath_lines(results: dict[str, Any]) -> list[str]:
             " a worker under load (`py-spy record --subprocesses -p MASTER_PID -f raw`) puts it"
             " in its pure-Python HTTP parser, the hand-offs between the poller thread and the"
             " pool (a pipe write per request) and two sends per response. Flask's own"
-            " per-request cost (about 120 us) is not in it: `POST /score` is plain WSGI in front"
-            " of Flask (`scorer/fastpath.py`).",
+            " per-request machinery is not in it: `POST /score` is plain WSGI in front of Flask"
+            " (`scorer/fastpath.py`).",
             "",
         ]
     return lines

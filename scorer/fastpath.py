@@ -1,7 +1,7 @@
 """`POST /score` as plain WSGI, in front of Flask: the one route on every page view.
 
-Flask's request context, URL adapter and response object cost about 120 us a request, as much
-as scoring 30 streams from a warm cache; this path reads the body, scores and answers without
+Flask's request context, URL adapter and response object cost, in process, about as much as
+scoring 30 streams from a warm cache; this path reads the body, scores and answers without
 them. Every other path and method goes on to the Flask app, routing errors included.
 """
 
