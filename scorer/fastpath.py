@@ -13,9 +13,15 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl
 
-from gunicorn.http.errors import ParseException
+from gunicorn.http.errors import ChunkMissingTerminator, NoMoreData, ParseException
 
-from scorer.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, ScorerError
+from scorer.errors import (
+    IncompleteRequest,
+    InvalidRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    ScorerError,
+)
 from scorer.metrics import Metrics
 from scorer.payload import parse_score_request
 from scorer.scoring import Scorer
@@ -41,7 +47,8 @@ def read_body(environ: dict[str, Any], limit: int, timeout: float) -> bytes:
     """Read the request body: refuse one over `limit` bytes, or one not sent within `timeout`.
 
     A client that stalls mid-body must cost one thread for a few seconds, not hold it until
-    the watchdog retires the worker; a malformed chunked body is the client's error, not ours.
+    the watchdog retires the worker; a malformed or cut-short body is the client's error, not
+    ours.
     """
     sock = environ.get("gunicorn.socket")
     previous = sock.gettimeout() if sock is not None else None
@@ -51,11 +58,18 @@ def read_body(environ: dict[str, Any], limit: int, timeout: float) -> bytes:
         return _read_limited(environ, limit)
     except TimeoutError:
         raise RequestTimeout(f"request body not received within {timeout:g} s") from None
-    except (ParseException, OSError) as exc:  # NoMoreData is an OSError too
+    except (NoMoreData, ChunkMissingTerminator) as exc:
+        if isinstance(exc, NoMoreData) or len(exc.term) < 2:  # the client stopped sending
+            raise IncompleteRequest(CHUNKED_CUT_SHORT) from None
+        raise InvalidRequest(f"malformed request body: {type(exc).__name__}") from None
+    except (ParseException, OSError) as exc:
         raise InvalidRequest(f"malformed request body: {type(exc).__name__}") from None
     finally:
         if sock is not None:
             sock.settimeout(previous)
+
+
+CHUNKED_CUT_SHORT = "incomplete request body: the chunked body ended before its last chunk"
 
 
 def _read_limited(environ: dict[str, Any], limit: int) -> bytes:
@@ -69,7 +83,10 @@ def _read_limited(environ: dict[str, Any], limit: int) -> bytes:
         if length > limit:
             raise PayloadTooLarge("Request body too large")
         if length >= 0:
-            return bytes(stream.read(length))
+            body = bytes(stream.read(length))
+            if len(body) < length:  # the client closed its side early
+                raise IncompleteRequest(f"incomplete request body: {len(body)} of {length} bytes")
+            return body
     # Chunked or unknown length: read one byte past the limit to tell "too large".
     body = bytes(stream.read(limit + 1))
     if len(body) > limit:

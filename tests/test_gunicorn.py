@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -294,8 +295,6 @@ def test_recycled_workers_keep_metrics_exact_and_files_bounded(
 
 def raw_exchange(server: Server, request: bytes, pause: float = 0.0) -> tuple[bytes, float]:
     """Send raw bytes (then wait `pause` seconds), and read the answer until the server closes."""
-    import socket
-
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
         sock.sendall(request)
@@ -318,6 +317,48 @@ def test_stalled_body_gets_408_and_costs_no_worker(server: Server) -> None:
     assert elapsed < 10
     assert server.post("/score", streams("https://after-408"))[0] == 200
     assert set(ready_worker_pids(server)) == pids_before  # no worker was retired
+
+
+SCORE_HEAD = b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+
+
+def exchange_then_half_close(server: Server, request: bytes) -> bytes:
+    """Send `request`, end the sending side (shutdown), and read the answer until close."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_body_shorter_than_its_content_length_is_a_400(server: Server) -> None:
+    body = b'{"streams": [{"streamUrl": "a"}]}'  # valid JSON on its own: must not be scored
+    answer = exchange_then_half_close(
+        server, SCORE_HEAD + b"Content-Length: %d\r\n\r\n" % (len(body) + 50) + body
+    )
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert answer.endswith(b'{"detail":"incomplete request body: 33 of 83 bytes"}')
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        b"21\r\n" + b'{"streams": [{"streamUrl": "a"}]}' + b"\r\n",  # no last chunk
+        b"21\r\n" + b'{"streams": [',  # cut inside a chunk
+        b"21\r\n" + b'{"streams": [{"streamUrl": "a"}]}' + b"\r\n0\r\n",  # no final CRLF
+    ],
+    ids=["no-last-chunk", "mid-chunk", "no-final-crlf"],
+)
+def test_chunked_body_cut_short_is_a_400_naming_it(server: Server, chunks: bytes) -> None:
+    answer = exchange_then_half_close(
+        server, SCORE_HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + chunks
+    )
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert answer.endswith(
+        b'{"detail":"incomplete request body: the chunked body ended before its last chunk"}'
+    )
 
 
 def test_malformed_chunked_body_is_a_400(server: Server) -> None:
