@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from gunicorn.workers.gthread import ThreadWorker
+from scorer.deadlines import DeadlineThreadWorker
 
 
-class DrainingThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no type hints
+class DrainingThreadWorker(DeadlineThreadWorker):
     """gthread, closing its listeners when the graceful stop begins."""
 
     def handle_exit(self, sig: int, frame: Any) -> None:

@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl
 
 from gunicorn.http.errors import ChunkMissingTerminator, NoMoreData, ParseException
 
+from scorer.deadlines import DeadlineExpired, DeadlineSocket
 from scorer.errors import (
     IncompleteRequest,
     InvalidRequest,
@@ -44,19 +45,21 @@ _REASONS = {
 
 
 def read_body(environ: dict[str, Any], limit: int, timeout: float) -> bytes:
-    """Read the request body: refuse one over `limit` bytes, or one not sent within `timeout`.
+    """Read the request body: refuse one over `limit` bytes, or one not all sent within `timeout`.
 
-    A client that stalls mid-body must cost one thread for a few seconds, not hold it until
-    the watchdog retires the worker; a malformed or cut-short body is the client's error, not
-    ours.
+    A client trickling its body must cost one thread for a few seconds, not hold it until the
+    watchdog retires the worker; a malformed or cut-short body is the client's error, not ours.
     """
     sock = environ.get("gunicorn.socket")
-    previous = sock.gettimeout() if sock is not None else None
-    if sock is not None:
+    if isinstance(sock, DeadlineSocket):
+        sock.start_phase(timeout)
+    elif sock is not None:
+        # Not our worker's connection (another worker class, TLS): bound each read at least.
+        previous = sock.gettimeout()
         sock.settimeout(timeout)
     try:
         return _read_limited(environ, limit)
-    except TimeoutError:
+    except (DeadlineExpired, TimeoutError):
         raise RequestTimeout(f"request body not received within {timeout:g} s") from None
     except (NoMoreData, ChunkMissingTerminator) as exc:
         if isinstance(exc, NoMoreData) or len(exc.term) < 2:  # the client stopped sending
@@ -65,7 +68,9 @@ def read_body(environ: dict[str, Any], limit: int, timeout: float) -> bytes:
     except (ParseException, OSError) as exc:
         raise InvalidRequest(f"malformed request body: {type(exc).__name__}") from None
     finally:
-        if sock is not None:
+        if isinstance(sock, DeadlineSocket):
+            sock.end_phase()
+        elif sock is not None:
             sock.settimeout(previous)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import select
 import socket
 import threading
 import time
@@ -48,6 +49,7 @@ def server(emulator: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         FEATURES_TABLE="gunicorn-features",
         PROMETHEUS_MULTIPROC_DIR=str(tmp / "metrics"),
         BODY_TIMEOUT_SECONDS="1",
+        HEAD_TIMEOUT_SECONDS="1",
     )
     log = tmp / "gunicorn.log"
     process = run_gunicorn(env, log)
@@ -319,7 +321,69 @@ def test_stalled_body_gets_408_and_costs_no_worker(server: Server) -> None:
     assert set(ready_worker_pids(server)) == pids_before  # no worker was retired
 
 
+def trickle(server: Server, start: bytes, rest: bytes) -> tuple[bytes, int]:
+    """Send `start` at once, then `rest` one byte every 0.3 s until the server answers.
+
+    Return the answer (read until the server closes) and how many bytes of `rest` were sent.
+    """
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+        sock.sendall(start)
+        sent = 0
+        for byte in rest:
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:  # the server has answered and closed
+                break
+            sent += 1
+            if select.select([sock], [], [], 0.3)[0]:
+                break
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer, sent
+
+
 SCORE_HEAD = b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+
+
+def test_trickled_body_gets_408_before_it_completes(server: Server) -> None:
+    body = json.dumps(streams("https://trickle/1", "https://trickle/2")).encode()
+    head = SCORE_HEAD + b"Content-Length: %d\r\n\r\n" % len(body)
+
+    # Each byte well inside the 1 s timeout; the whole body would take 25 s.
+    answer, sent = trickle(server, head, body)
+
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert answer.endswith(b'{"detail":"request body not received within 1 s"}')
+    assert sent < len(body)  # answered while the body was still arriving
+    assert server.post("/score", streams("https://after-trickle"))[0] == 200
+
+
+def test_trickled_head_gets_408_before_it_completes(server: Server) -> None:
+    body = json.dumps(streams("https://trickle-head")).encode()
+    request = SCORE_HEAD + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+    answer, sent = trickle(server, b"", request)
+
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert b"Connection: close" in answer
+    assert answer.endswith(b'{"detail":"request head not received within 1 s"}')
+    assert sent < request.index(b"\r\n\r\n")  # answered while the head was still arriving
+    assert server.post("/score", streams("https://after-trickled-head"))[0] == 200
+
+
+def test_idle_time_before_the_first_byte_is_not_held_against_the_head(server: Server) -> None:
+    body = json.dumps(streams("https://idle-first")).encode()
+    request = SCORE_HEAD + b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
+    answer = b""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+        time.sleep(2)  # twice HEAD_TIMEOUT_SECONDS, connected but silent
+        sock.sendall(request[:10])  # then the head in two parts, the second one waited for
+        time.sleep(0.2)
+        sock.sendall(request[10:] + body)
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer
 
 
 def exchange_then_half_close(server: Server, request: bytes) -> bytes:
