@@ -2,7 +2,8 @@
 
 Flask's request context, URL adapter and response object cost, in process, about as much as
 scoring 30 streams from a warm cache; this path reads the body, scores and answers without
-them. Every other path and method goes on to the Flask app, routing errors included.
+them. It answers the other methods on `/score` too (405, or OPTIONS), so Flask has no route
+for `/score`; every other path goes on to the Flask app, routing errors included.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from scorer.errors import (
     PayloadTooLarge,
     RequestTimeout,
     ScorerError,
+    detail_json,
 )
 from scorer.metrics import Metrics
 from scorer.payload import parse_score_request
@@ -32,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 SCORE_PATH = "/score"
+SCORE_METHODS = "OPTIONS, POST"  # the Allow header for /score
+UNMATCHED = "unmatched"  # the endpoint label of requests no route took
 _REASONS = {
     200: "200 OK",
     400: "400 Bad Request",
@@ -42,6 +46,8 @@ _REASONS = {
     500: "500 Internal Server Error",
     503: "503 Service Unavailable",
 }
+
+_METHOD_NOT_ALLOWED = detail_json("Method Not Allowed")
 
 
 def read_body(environ: dict[str, Any], limit: int, timeout: float) -> bytes:
@@ -108,7 +114,7 @@ def query_params(query_string: str) -> dict[str, str]:
 
 
 class ScoreEndpoint:
-    """WSGI middleware answering `POST /score`; everything else goes to the wrapped app."""
+    """WSGI middleware answering `/score`; every other path goes to the wrapped app."""
 
     def __init__(
         self,
@@ -126,17 +132,43 @@ class ScoreEndpoint:
         self._body_timeout = scorer.settings.body_timeout_seconds
         self._max_streams = scorer.settings.max_streams
         self._count = {status: metrics.requests.labels(SCORE_PATH, status) for status in _REASONS}
+        self._count_405 = metrics.requests.labels(UNMATCHED, 405)  # as Flask's routing errors
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") == SCORE_PATH and environ.get("REQUEST_METHOD") == "POST":
-            return self._score(environ, start_response)
+        if environ.get("PATH_INFO") == SCORE_PATH:
+            if environ.get("REQUEST_METHOD") == "POST":
+                return self._score(environ, start_response)
+            return self._other_method(environ, start_response)
         token = self._watchdog.begin(environ)
         try:
             return self._app(environ, start_response)
         finally:
             self._watchdog.end(token)
+
+    def _other_method(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        """Answer OPTIONS with the methods `/score` takes, any other method with 405.
+
+        The same answers, and counts, as Flask gave when it routed these requests.
+        """
+        method = environ.get("REQUEST_METHOD")
+        if method == "OPTIONS":
+            start_response(_REASONS[200], [("Allow", SCORE_METHODS), ("Content-Length", "0")])
+            self._count[200].inc()
+            return [b""]
+        start_response(
+            "405 Method Not Allowed",
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(_METHOD_NOT_ALLOWED))),
+                ("Allow", SCORE_METHODS),
+            ],
+        )
+        self._count_405.inc()
+        return [b"" if method == "HEAD" else _METHOD_NOT_ALLOWED]
 
     def _score(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
