@@ -90,7 +90,7 @@ def create_app(
         return scorer.model.name if scorer.model is not None else settings.model_name
 
     # The hot path bypasses Flask's per-request machinery (see scorer/fastpath.py).
-    watchdog = Watchdog(timeout=settings.timeout, grace=settings.timeout)
+    watchdog = Watchdog(settings.timeout)
     app.extensions["scorer.watchdog"] = watchdog
     app.wsgi_app = ScoreEndpoint(  # type: ignore[method-assign]
         app.wsgi_app, scorer, metrics, settings.max_body_bytes, watchdog
