@@ -2,8 +2,8 @@
 
 gunicorn's own timeout does not see a stuck request under gthread: the worker's main loop keeps
 reporting alive while one pool thread is lost inside a model's `predict`. Python cannot stop
-that thread, so the watchdog answers its client with a 504 on the raw socket and has the
-worker retire: `DrainingThreadWorker.retire` stops accepting, finishes every other
+that thread, so the watchdog answers its client with a 504 on the raw socket, counts it, and
+has the worker retire: `DrainingThreadWorker.retire` stops accepting, finishes every other
 connection it accepted (gunicorn's graceful stop, bounded by `graceful_timeout`), then exits.
 """
 
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scorer.errors import detail_json
+from scorer.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ class _InFlight:
     started: float
     thread: int
     sock: socket.socket | None
+    endpoint: str
+    timed: bool
     answered: bool = field(default=False)
 
 
@@ -67,10 +70,12 @@ class Watchdog:
     def __init__(
         self,
         timeout: float,
+        metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
         retire: Retire = terminate_self,
     ) -> None:
         self.timeout = timeout
+        self._metrics = metrics
         self._clock = clock
         self._retire = retire
         self._lock = threading.Lock()
@@ -78,18 +83,24 @@ class Watchdog:
         self._tokens = itertools.count()
         self._thread: threading.Thread | None = None
 
-    def begin(self, environ: dict[str, Any]) -> int:
-        """Record a request starting; return the token to pass to `end`."""
-        entry = _InFlight(self._clock(), threading.get_ident(), environ.get("gunicorn.socket"))
+    def begin(self, environ: dict[str, Any], endpoint: str, *, timed: bool = False) -> int:
+        """Record a request starting; return the token to pass to `end`.
+
+        `endpoint` labels its 504 in `scorer_requests_total`; a `timed` one is also observed in
+        `scorer_request_duration_seconds`.
+        """
+        sock = environ.get("gunicorn.socket")
+        entry = _InFlight(self._clock(), threading.get_ident(), sock, endpoint, timed)
         with self._lock:
             token = next(self._tokens)
             self._inflight[token] = entry
         return token
 
-    def end(self, token: int) -> None:
-        """Record a request finishing."""
+    def end(self, token: int) -> bool:
+        """Record a request finishing; tell whether the watchdog answered (and counted) it."""
         with self._lock:
-            self._inflight.pop(token, None)
+            entry = self._inflight.pop(token, None)
+        return entry is not None and entry.answered
 
     def start(self, retire: Retire | None = None) -> None:
         """Start watching, in a daemon thread of this process (call after fork).
@@ -109,7 +120,7 @@ class Watchdog:
             self.check()
 
     def check(self) -> None:
-        """Answer newly stuck requests, and have the worker retire around them."""
+        """Answer and count newly stuck requests, and have the worker retire around them."""
         now = self._clock()
         with self._lock:
             stuck = [
@@ -120,10 +131,13 @@ class Watchdog:
             for entry in stuck:
                 entry.answered = True
                 # Still under the lock: the request cannot end (nor gunicorn send its own
-                # response) before this 504 is written, and the worker hears of the connection
-                # before the connection can finish (DrainingThreadWorker.retire).
+                # response) before this 504 is written and counted, and the worker hears of the
+                # connection before the connection can finish (DrainingThreadWorker.retire).
                 if entry.sock is not None:
                     answer_timeout(entry.sock, self.timeout)
+                self._metrics.requests.labels(entry.endpoint, "504").inc()
+                if entry.timed:
+                    self._metrics.request_duration.observe(now - entry.started)
                 self._retire(entry.sock)
         for entry in stuck:
             frame = sys._current_frames().get(entry.thread)

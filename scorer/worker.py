@@ -43,5 +43,4 @@ def init_worker(app: Flask, retire: Retire | None = None) -> None:
     """
     scorer: Scorer = app.extensions["scorer"]
     scorer.init_worker()
-    scorer.publish_model_info()  # a multiprocess gauge set in the master reads 0 after fork
     app.extensions["scorer.watchdog"].start(retire)

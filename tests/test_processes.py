@@ -29,6 +29,7 @@ import cloudpickle
 import pytest
 
 from examples.local_stack import EMULATOR_ENV, free_port
+from tests.conftest import sample_value
 from tests.servers import Server, gunicorn_env, start_service, stop_service, wait_until, worker_pids
 
 CLIENT_THREADS = 4
@@ -318,6 +319,32 @@ def test_hung_model_gets_504_and_its_worker_is_replaced(service: Server) -> None
     # Other requests, those in flight on the hung request's worker included, were all answered.
     assert len(load.outcomes) >= 10
     assert [o.kind for o in load.outcomes] == ["ok"] * len(load.outcomes)
+
+
+def model_info_series(server: Server) -> list[str]:
+    return [line for line in server.metrics().splitlines() if line.startswith("scorer_model_info{")]
+
+
+@pytest.mark.parametrize("service_env", [{"TIMEOUT": str(HANG_TIMEOUT)}], indirect=True)
+def test_timeout_is_counted_and_the_model_is_one_series(service: Server) -> None:
+    master = service.process.pid
+    before = worker_pids(master)
+    series_before = model_info_series(service)
+
+    hung = score(service.port, {"userid": "hang"}, timeout=HANG_TIMEOUT + 10)
+    replaced = wait_until(
+        lambda: len(worker_pids(master) - before) == 1 and len(worker_pids(master)) == 2, 40
+    )
+    text = service.metrics()
+
+    assert hung.kind == "http 504"
+    assert replaced, f"no worker replaced after the hang: workers {before} -> {worker_pids(master)}"
+    # Counted by the watchdog in the worker it retired, kept by the archive of exited workers.
+    assert sample_value(text, "scorer_requests_total", 'endpoint="/score",status="504"') == 1
+    assert sample_value(text, "scorer_request_duration_seconds_count") == 1
+    # One series for the model over the master and every worker, before and after a worker exits.
+    assert len(series_before) == 1, series_before
+    assert model_info_series(service) == series_before
 
 
 DRAIN_TIMEOUT = 3
