@@ -76,7 +76,8 @@ def post_fork(server: Any, worker: Any) -> None:
     """Create the worker's DynamoDB client, fetch pool and feature cache after fork."""
     from scorer.worker import init_worker
 
-    init_worker(worker.app.wsgi())
+    # DrainingThreadWorker.retire; a worker class given with -k has none (see scorer/watchdog.py).
+    init_worker(worker.app.wsgi(), getattr(worker, "retire", None))
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -38,7 +38,6 @@ def create_app(
         fetcher_factory = functools.partial(build_fetcher, botocore_data=botocore_data)
     metrics = metrics or Metrics()
     scorer = Scorer(settings, model, metrics, fetcher_factory)
-    scorer.publish_model_info()
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -90,10 +89,11 @@ def create_app(
         return scorer.model.name if scorer.model is not None else settings.model_name
 
     # The hot path bypasses Flask's per-request machinery (see scorer/fastpath.py).
-    watchdog = Watchdog(timeout=settings.timeout, grace=settings.timeout)
+    watchdog = Watchdog(settings.timeout, metrics)
     app.extensions["scorer.watchdog"] = watchdog
+    routes = frozenset(rule.rule for rule in app.url_map.iter_rules())
     app.wsgi_app = ScoreEndpoint(  # type: ignore[method-assign]
-        app.wsgi_app, scorer, metrics, settings.max_body_bytes, watchdog
+        app.wsgi_app, scorer, metrics, settings.max_body_bytes, watchdog, routes
     )
     return app
 

@@ -103,7 +103,8 @@ class Metrics:
             "The model this service scores with (value 1).",
             ["name", "sha256", "stream_features"],
             registry=r,
-            multiprocess_mode="liveall",
+            # One series per model over all live workers (liveall would add one per pid).
+            multiprocess_mode="livemax",
         )
         # Hot-path children resolved once: .labels() costs a lock and a dict lookup each call.
         self.stage = {stage: self.stage_duration.labels(stage) for stage in STAGES}

@@ -59,10 +59,11 @@ class Scorer:
         self._init_lock = threading.Lock()
 
     def init_worker(self) -> None:
-        """Create this process's DynamoDB client, pool and cache (call after fork).
+        """Publish the model info, create the DynamoDB client, pool and cache (after fork).
 
         A model that reads no features needs none of them, nor any AWS configuration.
         """
+        self.publish_model_info()
         if self.model is None or not self.model.stream_features:
             return
         with self._init_lock:
@@ -72,7 +73,11 @@ class Scorer:
                 logger.info("worker %d: feature store client and cache ready", self._fetcher_pid)
 
     def publish_model_info(self) -> None:
-        """Set the model info gauge for this process."""
+        """Set the model info gauge for this process.
+
+        In workers only: a series set by the master would stay until the master exits. The
+        gauge is `livemax`: live workers' equal series merge into one, an exited worker's goes.
+        """
         if self.model is not None:
             model = self.model
             labels = (model.name, model.sha256, ",".join(model.stream_features))

@@ -17,6 +17,7 @@ from scorer.features import FeatureFetcher
 from scorer.metrics import Metrics
 from scorer.scoring import Scorer
 from scorer.store import FeatureStore, make_client
+from scorer.watchdog import Retire
 
 
 def build_fetcher(
@@ -35,9 +36,11 @@ def build_fetcher(
     )
 
 
-def init_worker(app: Flask) -> None:
-    """Create the worker's per-process resources; gunicorn's post_fork hook calls this."""
+def init_worker(app: Flask, retire: Retire | None = None) -> None:
+    """Create the worker's per-process resources; gunicorn's post_fork hook calls this.
+
+    `retire` is how the watchdog retires this worker around a stuck request.
+    """
     scorer: Scorer = app.extensions["scorer"]
     scorer.init_worker()
-    scorer.publish_model_info()  # a multiprocess gauge set in the master reads 0 after fork
-    app.extensions["scorer.watchdog"].start()
+    app.extensions["scorer.watchdog"].start(retire)

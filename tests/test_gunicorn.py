@@ -327,8 +327,9 @@ def test_malformed_chunked_body_is_a_400(server: Server) -> None:
     assert b"malformed request body" in answer
 
 
-def test_model_info_is_published_by_every_worker(server: Server) -> None:
+def test_model_info_is_one_series_over_all_workers(server: Server) -> None:
     text = server.metrics()
     samples = [line for line in text.splitlines() if line.startswith("scorer_model_info{")]
-    assert len(samples) >= 3  # the master and both workers
-    assert all(line.endswith(" 1.0") for line in samples)
+    assert len(samples) == 1, samples  # no pid label, nothing from the master
+    assert samples[0].startswith('scorer_model_info{name="echo.pkl",')
+    assert samples[0].endswith(" 1.0")
