@@ -57,7 +57,13 @@ def read_model_bytes(settings: Settings) -> bytes:
             read_timeout=10,  # between two reads, not for the whole (possibly large) file
             retries={"mode": "standard", "total_max_attempts": 3},
         )
-        body = boto3.client("s3", config=config).get_object(Bucket=bucket, Key=key)["Body"]
+        s3 = boto3.client(
+            "s3",
+            config=config,
+            region_name=settings.aws_region,
+            endpoint_url=settings.endpoint_url("s3"),
+        )
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"]
         data: bytes = body.read()
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "error")

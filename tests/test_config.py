@@ -38,6 +38,13 @@ def test_local_model_path_takes_precedence(monkeypatch: pytest.MonkeyPatch) -> N
         ("S3_MODEL_PATH", "bucket/key"),
         ("MODEL_SHA256", "abc"),
         ("GC_FREEZE", "maybe"),
+        ("AWS_ENDPOINT_URL", "localhost:4566"),
+        ("AWS_ENDPOINT_URL", "127.0.0.1"),
+        ("AWS_ENDPOINT_URL_S3", "ftp://127.0.0.1:4566"),
+        ("AWS_ENDPOINT_URL_S3", "http://"),
+        ("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:port"),
+        ("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:99999"),
+        ("AWS_REGION", "us east 1"),
     ],
 )
 def test_bad_value_names_the_variable(
@@ -46,6 +53,37 @@ def test_bad_value_names_the_variable(
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError, match=rf"^invalid settings: {name}: "):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:4566", "https://dynamodb.eu-west-1.amazonaws.com", "http://[::1]:9000"],
+)
+def test_endpoint_urls_with_a_scheme_and_host_are_accepted(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", url)
+    assert load_settings().aws_endpoint_url_dynamodb == url
+
+
+@pytest.mark.parametrize(
+    ("env", "region"),
+    [
+        ({"AWS_REGION": "eu-west-2"}, "eu-west-2"),
+        ({"AWS_DEFAULT_REGION": "eu-west-3"}, "eu-west-3"),
+        ({"AWS_REGION": "eu-west-2", "AWS_DEFAULT_REGION": "eu-west-3"}, "eu-west-2"),
+        ({}, None),
+        ({"AWS_REGION": ""}, None),
+    ],
+)
+def test_region_is_read_from_aws_region_then_aws_default_region(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], region: str | None
+) -> None:
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings().aws_region == region
 
 
 def test_no_model_source_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

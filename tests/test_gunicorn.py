@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.mmap_dict import MmapedDict
 
 from examples.local_stack import (
+    REGION,
     aws_client,
     create_features_table,
     free_port,
@@ -23,7 +24,14 @@ from examples.local_stack import (
 )
 from tests import fakes
 from tests.conftest import counter_total, sample_value, seed_features
-from tests.servers import Server, gunicorn_env, run_gunicorn, wait_until
+from tests.servers import (
+    Server,
+    gunicorn_env,
+    run_gunicorn,
+    start_service,
+    stop_service,
+    wait_until,
+)
 
 NAMES = fakes.FEATURES
 
@@ -211,8 +219,12 @@ def test_bad_setting_stops_start_up_naming_the_variable(tmp_path: Path, emulator
 
     status = run_gunicorn(env, log).wait(timeout=30)
 
+    output = log.read_text()
+    lines = [line for line in output.splitlines() if "LOGS_FRACTION" in line]
     assert status != 0
-    assert "scorer: cannot start: invalid settings: LOGS_FRACTION" in log.read_text()
+    assert len(lines) == 1, output
+    assert lines[0].startswith("scorer: cannot start: invalid settings: LOGS_FRACTION")
+    assert "Traceback" not in output
 
 
 def test_missing_region_stops_start_up_in_the_master(tmp_path: Path, emulator: int) -> None:
@@ -228,6 +240,40 @@ def test_missing_region_stops_start_up_in_the_master(tmp_path: Path, emulator: i
 
     assert status != 0
     assert "scorer: cannot start: no AWS region" in log.read_text()
+
+
+@pytest.mark.parametrize("variable", ["AWS_REGION", "AWS_DEFAULT_REGION"])
+def test_either_region_variable_alone_serves_a_features_model(
+    variable: str, tmp_path: Path, emulator: int, dynamodb: Any, table: str
+) -> None:
+    # botocore itself reads only AWS_DEFAULT_REGION; the README promises both.
+    urls = [f"https://region/{variable}/{n}" for n in range(3)]
+    seed_features(dynamodb, table, urls, NAMES)
+    bucket = "region-" + variable.lower().replace("_", "-")
+    model = upload_model(
+        aws_client("s3", emulator), bucket, "m.pkl", fakes.pickle_by_value(fakes.echo_model())
+    )
+    env = gunicorn_env(
+        emulator,
+        PORT=str(free_port()),
+        S3_MODEL_PATH=model,
+        FEATURES_TABLE=table,
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
+        AWS_CONFIG_FILE=str(tmp_path / "none"),  # no region from a profile either
+    )
+    env.pop("AWS_REGION")
+    env.pop("AWS_DEFAULT_REGION")
+    env[variable] = REGION  # moto keeps tables per region: features prove the region was used
+
+    server = start_service(env, tmp_path)
+    try:
+        status, body = server.post("/score", streams(*urls))
+    finally:
+        stop_service(server)
+
+    assert status == 200
+    for stream in body["streams"]:
+        assert {n: stream[n] for n in NAMES} == {n: f"{stream['streamUrl']}|{n}" for n in NAMES}
 
 
 def test_chunked_request_body_is_scored(server: Server) -> None:
