@@ -24,7 +24,7 @@ except SettingsError as exc:
 wsgi_app = "wsgi:app"
 
 # --- socket -----------------------------------------------------------------------------
-bind = [f"{settings.host}:{settings.port}"]
+bind = [settings.bind]
 backlog = 2048
 control_socket_disable = True  # no runtime control socket: operators signal the master instead
 

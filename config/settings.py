@@ -8,6 +8,8 @@ and finds a bad endpoint only when a client is built, in every worker, as a trac
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -104,7 +106,7 @@ class Settings(BaseSettings):
 
     # --- server (read by gunicorn.conf.py) -----------------------------------------------
     host: str = Field(default="0.0.0.0", alias="HOST")
-    """Address to listen on."""
+    """Address to listen on: an IPv4 or IPv6 address (`::` for all) or a host name."""
     port: int = Field(default=8000, alias="PORT", ge=1, le=65535)
     """Port to listen on."""
     web_concurrency: int = Field(default=2, alias="WEB_CONCURRENCY", ge=1, le=64)
@@ -138,6 +140,18 @@ class Settings(BaseSettings):
             )
         return url
 
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, host: str) -> str:
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        try:
+            return str(ipaddress.ip_address(bare))
+        except ValueError:
+            pass
+        if bare == host and re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", host):
+            return host
+        raise ValueError(f"must be an IP address or a host name, without a port, not {host!r}")
+
     @model_validator(mode="after")
     def _require_one_model_source(self) -> Settings:
         if self.model_path is None and self.s3_model_path is None:
@@ -149,6 +163,12 @@ class Settings(BaseSettings):
         """Return the model file's name, as `/` and `/health` report it."""
         source = str(self.model_path) if self.model_path is not None else str(self.s3_model_path)
         return source.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def bind(self) -> str:
+        """Return gunicorn's `host:port`, an IPv6 address in brackets (`[::]:8000`)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
     def endpoint_url(self, service: Literal["s3", "dynamodb"]) -> str | None:
         """Return one client's endpoint: its service's own setting, else AWS_ENDPOINT_URL."""

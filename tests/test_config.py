@@ -45,6 +45,8 @@ def test_local_model_path_takes_precedence(monkeypatch: pytest.MonkeyPatch) -> N
         ("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:port"),
         ("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:99999"),
         ("AWS_REGION", "us east 1"),
+        ("HOST", "0.0.0.0:8000"),
+        ("HOST", "::1]"),
     ],
 )
 def test_bad_value_names_the_variable(
@@ -84,6 +86,23 @@ def test_region_is_read_from_aws_region_then_aws_default_region(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert load_settings().aws_region == region
+
+
+@pytest.mark.parametrize(
+    ("host", "bind"),
+    [
+        ("0.0.0.0", "0.0.0.0:8000"),
+        ("localhost", "localhost:8000"),
+        ("::", "[::]:8000"),
+        ("::1", "[::1]:8000"),
+        ("[::1]", "[::1]:8000"),
+    ],
+)
+def test_bind_puts_ipv6_addresses_in_brackets(
+    monkeypatch: pytest.MonkeyPatch, host: str, bind: str
+) -> None:
+    monkeypatch.setenv("HOST", host)
+    assert load_settings().bind == bind
 
 
 def test_no_model_source_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

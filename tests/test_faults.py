@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from examples.local_stack import aws_client, create_features_table, free_port, upload_model
@@ -276,6 +277,7 @@ def test_slow_store_costs_features_not_latency(faults: Stack) -> None:
         "corrupt bytes",
         "no predict",
         "sha256 mismatch",
+        "features not strings",
     ],
 )
 def test_unusable_model_stops_start_up_with_one_line(
@@ -287,6 +289,10 @@ def test_unusable_model_stops_start_up_with_one_line(
     data = {
         "corrupt bytes": good[: len(good) // 2],
         "no predict": fakes.pickle_by_value({"preprocess": fakes.echo_preprocess}),
+        # A 2-D array: its truth value is ambiguous, which used to escape as a ValueError.
+        "features not strings": fakes.pickle_by_value(
+            fakes.echo_model(stream_features=np.array([["f1", "f2"], ["f3", "f4"]]))
+        ),
     }.get(case, good)
     path = upload_model(s3, bucket, "ranker.pkl", data)
     values = {"S3_MODEL_PATH": path}
@@ -297,6 +303,7 @@ def test_unusable_model_stops_start_up_with_one_line(
         "no predict": "model ranker.pkl has no 'predict'",
         "sha256 mismatch": f"model ranker.pkl has sha256 {hashlib.sha256(good).hexdigest()}, "
         f"MODEL_SHA256 expects {'0' * 64}",
+        "features not strings": "model ranker.pkl: 'stream_features' must be a list of strings",
     }[case]
     if case == "s3 unreachable":
         values["AWS_ENDPOINT_URL_S3"] = f"http://127.0.0.1:{free_port()}"  # nothing listens

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -274,6 +275,47 @@ def test_either_region_variable_alone_serves_a_features_model(
     assert status == 200
     for stream in body["streams"]:
         assert {n: stream[n] for n in NAMES} == {n: f"{stream['streamUrl']}|{n}" for n in NAMES}
+
+
+def ipv6_loopback_works() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback_works(), reason="no IPv6 loopback on this machine")
+def test_ipv6_host_is_bound_and_serves(tmp_path: Path, emulator: int) -> None:
+    model = tmp_path / "m.pkl"
+    model.write_bytes(fakes.pickle_by_value(fakes.echo_model(features=[])))
+    port = free_port()
+    env = gunicorn_env(
+        emulator,
+        HOST="::1",  # loopback; HOST=:: is bound the same way, as [::]:port
+        PORT=str(port),
+        MODEL_PATH=str(model),
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
+    )
+    log = tmp_path / "log"
+    process = run_gunicorn(env, log)
+
+    def health() -> int:
+        if process.poll() is not None:
+            raise AssertionError("gunicorn exited:\n" + log.read_text())
+        try:
+            with urllib.request.urlopen(f"http://[::1]:{port}/health", timeout=1) as response:
+                return int(response.status)
+        except OSError:
+            return 0
+
+    try:
+        assert wait_until(lambda: health() == 200, 30), log.read_text()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert f"Listening at: http://[::1]:{port}" in log.read_text()
 
 
 def test_chunked_request_body_is_scored(server: Server) -> None:
