@@ -118,6 +118,25 @@ def test_env_file_is_read(tmp_path: object) -> None:
     assert load_settings().features_table == "from-dotenv"
 
 
+def test_bad_value_at_a_reload_keeps_the_running_settings_with_one_error(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from config import RunningSettings
+
+    running = RunningSettings()
+    monkeypatch.setenv("TIMEOUT", "never")
+    with pytest.raises(SettingsError, match="TIMEOUT"):
+        running.load()  # the first start has nothing to keep
+
+    monkeypatch.setenv("TIMEOUT", "12")
+    assert running.load().timeout == 12
+    monkeypatch.setenv("TIMEOUT", "never")
+    assert running.load().timeout == 12
+    assert [(r.levelname, "TIMEOUT" in r.getMessage()) for r in caplog.records] == [("ERROR", True)]
+    monkeypatch.setenv("TIMEOUT", "13")
+    assert running.load().timeout == 13
+
+
 def test_readme_documents_every_setting() -> None:
     from pathlib import Path
 

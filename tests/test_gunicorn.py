@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import threading
 import time
@@ -32,6 +34,7 @@ from tests.servers import (
     start_service,
     stop_service,
     wait_until,
+    worker_pids,
 )
 
 NAMES = fakes.FEATURES
@@ -316,6 +319,50 @@ def test_ipv6_host_is_bound_and_serves(tmp_path: Path, emulator: int) -> None:
         process.terminate()
         process.wait(timeout=30)
     assert f"Listening at: http://[::1]:{port}" in log.read_text()
+
+
+def test_bad_setting_at_sighup_keeps_the_running_settings_with_one_line(
+    tmp_path: Path, emulator: int
+) -> None:
+    # gunicorn runs gunicorn.conf.py again on SIGHUP, which reads `.env` again: from its own
+    # directory here, so the test never writes into the repository.
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    dotenv = cwd / ".env"
+    dotenv.write_text("TIMEOUT=30\n")
+    model = tmp_path / "m.pkl"
+    model.write_bytes(fakes.pickle_by_value(fakes.echo_model(features=[])))
+    env = gunicorn_env(
+        emulator,
+        PORT=str(free_port()),
+        MODEL_PATH=str(model),
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
+    )
+    server = start_service(env, tmp_path, cwd=cwd)
+    master = server.process.pid
+    try:
+        before = worker_pids(master)
+        dotenv.write_text("TIMEOUT=never\n")
+        os.kill(master, signal.SIGHUP)
+
+        # A reload replaces the workers; the master dying ends the wait early.
+        def reloaded() -> bool:
+            pids = worker_pids(master)
+            return server.process.poll() is not None or (len(pids) == 2 and not pids & before)
+
+        assert wait_until(reloaded, 60), server.log.read_text()
+        alive = server.process.poll() is None
+        status = server.post("/score", streams("https://sighup/1"))[0] if alive else None
+    finally:
+        stop_service(server)
+
+    output = server.log.read_text()
+    assert alive, output
+    assert status == 200
+    lines = [line for line in output.splitlines() if "TIMEOUT" in line]
+    assert len(lines) == 1, output
+    assert "[ERROR]" in lines[0] and "keeping the running settings" in lines[0]
+    assert "Traceback" not in output
 
 
 def test_chunked_request_body_is_scored(server: Server) -> None:
