@@ -13,10 +13,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from config import SettingsError, load_settings
+from config import SettingsError, running_settings
 
 try:
-    settings = load_settings()
+    # At a reload (SIGHUP) a bad value keeps the running settings, with one error line.
+    settings = running_settings.load()
 except SettingsError as exc:
     sys.exit(f"scorer: cannot start: {exc}")
 
@@ -24,7 +25,7 @@ except SettingsError as exc:
 wsgi_app = "wsgi:app"
 
 # --- socket -----------------------------------------------------------------------------
-bind = [f"{settings.host}:{settings.port}"]
+bind = [settings.bind]
 backlog = 2048
 control_socket_disable = True  # no runtime control socket: operators signal the master instead
 

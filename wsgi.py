@@ -22,7 +22,7 @@ try:
     configure_logging(settings.log_level)
     model = load_model(settings)
     if model.stream_features:
-        check_region()
+        check_region(settings)
 except (SettingsError, ModelError, StoreConfigError) as exc:
     # One line an operator can act on, instead of a traceback from inside gunicorn.
     print(f"scorer: cannot start: {exc}", file=sys.stderr, flush=True)

@@ -1,20 +1,35 @@
 """Typed settings for the scoring service, read from the environment and `.env`.
 
 Names match the seed service (`S3_MODEL_PATH`, `FEATURES_TABLE`, `LOGS_FRACTION`, `CACHE_MAXSIZE`)
-so its deployments move over unchanged. AWS region, credentials and endpoints are deliberately
-absent: boto3's standard chain (`AWS_REGION`, `AWS_ENDPOINT_URL`, ...) provides them.
+so its deployments move over unchanged. AWS credentials are deliberately absent: boto3's standard
+chain provides them. The region and endpoints are here because boto3 alone ignores `AWS_REGION`
+and finds a bad endpoint only when a client is built, in every worker, as a traceback.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class SettingsError(Exception):
     """A setting has a value the service cannot start with."""
+
+
+def is_http_url(url: str) -> bool:
+    """Tell whether botocore can use `url` as an endpoint: http(s), a host, a valid port."""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not a number in 0-65535
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 class Settings(BaseSettings):
@@ -74,9 +89,24 @@ class Settings(BaseSettings):
     max_streams: int = Field(default=1000, alias="MAX_STREAMS", ge=1)
     """Most streams in one request; more get 413."""
 
+    # --- AWS (credentials come from boto3's own chain) -----------------------------------
+    aws_region: str | None = Field(
+        default=None,
+        alias="AWS_REGION",
+        validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"),
+        pattern=r"^[a-z0-9-]*$",
+    )
+    """Region of the S3 and DynamoDB clients, else AWS_DEFAULT_REGION, else the profile's."""
+    aws_endpoint_url: str | None = Field(default=None, alias="AWS_ENDPOINT_URL")
+    """Endpoint of every AWS client, for an emulator only: `http(s)://host[:port]`."""
+    aws_endpoint_url_s3: str | None = Field(default=None, alias="AWS_ENDPOINT_URL_S3")
+    """Endpoint of the S3 client (the model download), over AWS_ENDPOINT_URL."""
+    aws_endpoint_url_dynamodb: str | None = Field(default=None, alias="AWS_ENDPOINT_URL_DYNAMODB")
+    """Endpoint of the DynamoDB client (the features), over AWS_ENDPOINT_URL."""
+
     # --- server (read by gunicorn.conf.py) -----------------------------------------------
     host: str = Field(default="0.0.0.0", alias="HOST")
-    """Address to listen on."""
+    """Address to listen on: an IPv4 or IPv6 address (`::` for all) or a host name."""
     port: int = Field(default=8000, alias="PORT", ge=1, le=65535)
     """Port to listen on."""
     web_concurrency: int = Field(default=2, alias="WEB_CONCURRENCY", ge=1, le=64)
@@ -94,6 +124,34 @@ class Settings(BaseSettings):
     )
     """Log level for the service and gunicorn."""
 
+    @field_validator("aws_region")
+    @classmethod
+    def _empty_region_is_unset(cls, region: str | None) -> str | None:
+        return region or None  # then boto3's chain decides, as it would for an empty variable
+
+    @field_validator("aws_endpoint_url", "aws_endpoint_url_s3", "aws_endpoint_url_dynamodb")
+    @classmethod
+    def _check_endpoint(cls, url: str | None) -> str | None:
+        if not url:
+            return None  # an empty variable means unset, as for boto3
+        if not is_http_url(url):
+            raise ValueError(
+                f"must be http(s)://host[:port], e.g. http://localhost:4566, not {url!r}"
+            )
+        return url
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, host: str) -> str:
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        try:
+            return str(ipaddress.ip_address(bare))
+        except ValueError:
+            pass
+        if bare == host and re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", host):
+            return host
+        raise ValueError(f"must be an IP address or a host name, without a port, not {host!r}")
+
     @model_validator(mode="after")
     def _require_one_model_source(self) -> Settings:
         if self.model_path is None and self.s3_model_path is None:
@@ -105,6 +163,17 @@ class Settings(BaseSettings):
         """Return the model file's name, as `/` and `/health` report it."""
         source = str(self.model_path) if self.model_path is not None else str(self.s3_model_path)
         return source.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def bind(self) -> str:
+        """Return gunicorn's `host:port`, an IPv6 address in brackets (`[::]:8000`)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def endpoint_url(self, service: Literal["s3", "dynamodb"]) -> str | None:
+        """Return one client's endpoint: its service's own setting, else AWS_ENDPOINT_URL."""
+        own = self.aws_endpoint_url_s3 if service == "s3" else self.aws_endpoint_url_dynamodb
+        return own or self.aws_endpoint_url
 
 
 def load_settings() -> Settings:

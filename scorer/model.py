@@ -57,7 +57,13 @@ def read_model_bytes(settings: Settings) -> bytes:
             read_timeout=10,  # between two reads, not for the whole (possibly large) file
             retries={"mode": "standard", "total_max_attempts": 3},
         )
-        body = boto3.client("s3", config=config).get_object(Bucket=bucket, Key=key)["Body"]
+        s3 = boto3.client(
+            "s3",
+            config=config,
+            region_name=settings.aws_region,
+            endpoint_url=settings.endpoint_url("s3"),
+        )
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"]
         data: bytes = body.read()
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "error")
@@ -91,17 +97,35 @@ def validate_model(raw: object, name: str, digest: str = "") -> Model:
         if not callable(raw[key]):
             raise ModelError(f"model {name}: '{key}' is not callable")
     params = raw.get("params")
-    features = raw.get("stream_features") or []
-    if isinstance(features, str) or not all(isinstance(f, str) for f in features):
-        raise ModelError(f"model {name}: 'stream_features' must be a list of strings")
     return Model(
         name=name,
         preprocess=raw["preprocess"],
         predict=raw["predict"],
         params={} if params is None else params,
-        stream_features=tuple(dict.fromkeys(features)),
+        stream_features=feature_names(raw.get("stream_features"), name),
         sha256=digest,
     )
+
+
+COLLECTIONS = (list, tuple, set, frozenset)
+"""What `stream_features` may be (after a numpy array's `tolist()`); never a str, never a dict."""
+
+
+def feature_names(features: object, name: str) -> tuple[str, ...]:
+    """Return `stream_features` as distinct plain strings, from a list, tuple, set or numpy array.
+
+    Never by truth value: a numpy array of more than one name has none (it raises).
+    """
+    if features is None:
+        return ()
+    try:
+        if callable(getattr(features, "tolist", None)):  # numpy: numpy.str_ items become str
+            features = features.tolist()  # type: ignore[attr-defined]
+        if isinstance(features, COLLECTIONS) and all(isinstance(f, str) for f in features):
+            return tuple(dict.fromkeys(str(f) for f in features))
+    except Exception:  # an unpickled object can raise anything from tolist() or iteration
+        pass
+    raise ModelError(f"model {name}: 'stream_features' must be a list of strings")
 
 
 def load_model(settings: Settings) -> Model:
@@ -118,4 +142,4 @@ def load_model(settings: Settings) -> Model:
     return model
 
 
-__all__ = ["Model", "ModelError", "build_model", "load_model", "validate_model"]
+__all__ = ["Model", "ModelError", "build_model", "feature_names", "load_model", "validate_model"]
