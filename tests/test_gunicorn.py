@@ -298,6 +298,9 @@ def test_ipv6_host_is_bound_and_serves(tmp_path: Path, emulator: int) -> None:
         emulator,
         HOST="::1",  # loopback; HOST=:: is bound the same way, as [::]:port
         PORT=str(port),
+        # One worker: healthy then means every worker has its signal handlers, so the stop
+        # below cannot catch one still booting (which would then wait out graceful_timeout).
+        WEB_CONCURRENCY="1",
         MODEL_PATH=str(model),
         PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
     )
