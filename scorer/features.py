@@ -21,6 +21,10 @@ from scorer.store import MAX_BATCH_KEYS, FeatureStore, is_valid_key
 logger = logging.getLogger(__name__)
 
 Chunk = list[FeatureKey]
+Read = Future[dict[FeatureKey, Entry]]
+"""One BatchGetItem chunk in flight: its entries, once read."""
+Waits = dict[Read, list[FeatureKey]]
+"""The reads a request waits on, with the keys it wants from each."""
 
 
 class FeatureFetcher:
@@ -44,7 +48,7 @@ class FeatureFetcher:
         self._prefix = stream_pk_prefix
         self._timeout = timeout
         self._clock = clock
-        self._inflight: dict[FeatureKey, Future[dict[FeatureKey, Entry]]] = {}
+        self._inflight: dict[FeatureKey, Read] = {}
 
     def enrich(self, streams: Sequence[dict[str, Any]], names: Sequence[str]) -> bool:
         """Set every known feature on every stream (duplicates included); True if degraded."""
@@ -66,60 +70,93 @@ class FeatureFetcher:
         counted exactly once, as a hit or a miss.
         """
         deadline = self._clock() + self._timeout
-        found: dict[str, dict[str, Any]] = {}
-        waits: dict[Future[dict[FeatureKey, Entry]], list[FeatureKey]] = {}
-        hits = absent_hits = fetched = coalesced = invalid = 0
-        get = self.cache.get_unlocked
-        inflight = self._inflight
+        waits: Waits = {}
+        fetched = coalesced = invalid = 0
+        # One lock for all three steps: a key found missing is claimed before another thread
+        # can find it missing too, so concurrent misses of a key share one read.
         with self.cache.lock:
-            now = self.cache.clock()
-            owned: Chunk = []
-            for url, count in per_url.items():
-                cached = get(url)
-                values: dict[str, Any] = {}
-                for name in names:
-                    entry = cached.get(name) if cached is not None else None
-                    if entry is not None and entry.expires > now:
-                        if entry.value is ABSENT:
-                            absent_hits += count
-                        else:
-                            hits += count
-                            values[name] = entry.value
-                        continue
-                    key = (url, name)
-                    if (future := inflight.get(key)) is not None:
-                        waits.setdefault(future, []).append(key)
-                        coalesced += count
-                    elif is_valid_key(key, self._prefix):
-                        owned.append(key)
-                        fetched += count
-                    else:
-                        invalid += count
-                if values:
-                    found[url] = values
-            for start in range(0, len(owned), MAX_BATCH_KEYS):
-                chunk = owned[start : start + MAX_BATCH_KEYS]
-                future = Future()
-                for key in chunk:
-                    inflight[key] = future
-                waits[future] = chunk
-                try:
-                    self._pool.submit(self._fetch_chunk, chunk, deadline, future)
-                except RuntimeError as exc:  # no thread to be had, or shutting down
-                    for key in chunk:
-                        del inflight[key]
-                    future.set_exception(exc)
+            found, missing, hits, absent_hits = self._read_cache(per_url, names)
+            if missing:
+                owned, fetched, coalesced, invalid = self._join_or_claim(missing, waits)
+                self._start_reads(owned, deadline, waits)
         self._count(hits, absent_hits, fetched, coalesced, invalid)
         if not waits:
             return found, False
         return found, self._collect(waits, deadline, found)
 
-    def _collect(
-        self,
-        waits: dict[Future[dict[FeatureKey, Entry]], list[FeatureKey]],
-        deadline: float,
-        found: dict[str, dict[str, Any]],
-    ) -> bool:
+    def _read_cache(
+        self, per_url: Mapping[str, int], names: Sequence[str]
+    ) -> tuple[dict[str, dict[str, Any]], list[tuple[FeatureKey, int]], int, int]:
+        """Return the live cached values, the keys missing (with their stream counts), hits.
+
+        The caller holds the cache lock. A key cached as absent is a hit with no value.
+        """
+        found: dict[str, dict[str, Any]] = {}
+        missing: list[tuple[FeatureKey, int]] = []
+        hits = absent_hits = 0
+        get = self.cache.get_unlocked
+        now = self.cache.clock()
+        for url, count in per_url.items():
+            cached = get(url)
+            values: dict[str, Any] = {}
+            for name in names:
+                entry = cached.get(name) if cached is not None else None
+                if entry is not None and entry.expires > now:
+                    if entry.value is ABSENT:
+                        absent_hits += count
+                    else:
+                        hits += count
+                        values[name] = entry.value
+                    continue
+                missing.append(((url, name), count))
+            if values:
+                found[url] = values
+        return found, missing, hits, absent_hits
+
+    def _join_or_claim(
+        self, missing: list[tuple[FeatureKey, int]], waits: Waits
+    ) -> tuple[Chunk, int, int, int]:
+        """Wait on reads in flight for the keys they cover; claim the rest to read ourselves.
+
+        The caller holds the cache lock. Returns the keys claimed and the lookups fetched,
+        coalesced and invalid (a key DynamoDB would refuse is never sent).
+        """
+        owned: Chunk = []
+        fetched = coalesced = invalid = 0
+        inflight = self._inflight
+        for key, count in missing:
+            if (future := inflight.get(key)) is not None:
+                waits.setdefault(future, []).append(key)
+                coalesced += count
+            elif is_valid_key(key, self._prefix):
+                owned.append(key)
+                fetched += count
+            else:
+                invalid += count
+        return owned, fetched, coalesced, invalid
+
+    def _start_reads(self, owned: Chunk, deadline: float, waits: Waits) -> None:
+        """Register the claimed keys as in flight, in chunks of one BatchGetItem, and read them.
+
+        The caller holds the cache lock. A chunk the pool refuses fails at once, and its keys
+        are released so the next request tries them again instead of waiting in vain.
+        """
+        inflight = self._inflight
+        for start in range(0, len(owned), MAX_BATCH_KEYS):
+            chunk = owned[start : start + MAX_BATCH_KEYS]
+            future: Read = Future()
+            for key in chunk:
+                inflight[key] = future
+            waits[future] = chunk
+            try:
+                self._pool.submit(self._fetch_chunk, chunk, deadline, future)
+            except RuntimeError as exc:  # no thread to be had, or shutting down
+                for key in chunk:
+                    del inflight[key]
+                future.set_exception(exc)
+
+    def _collect(self, waits: Waits, deadline: float, found: dict[str, dict[str, Any]]) -> bool:
+        """Add what the reads found by the deadline to `found`; return True if any fell short."""
         done, not_done = wait(waits, timeout=max(0.0, deadline - self._clock()))
         reasons: set[str] = set()
         if not_done:
@@ -141,9 +178,7 @@ class FeatureFetcher:
             logger.warning("scored without some features: %s", ", ".join(sorted(reasons)))
         return bool(reasons)
 
-    def _fetch_chunk(
-        self, chunk: Chunk, deadline: float, future: Future[dict[FeatureKey, Entry]]
-    ) -> None:
+    def _fetch_chunk(self, chunk: Chunk, deadline: float, future: Read) -> None:
         entries: dict[FeatureKey, Entry] = {}
         error: BaseException | None = None
         try:
