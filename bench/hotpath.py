@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import sys
 import timeit
@@ -29,6 +30,7 @@ from examples import model as example
 from scorer import create_app
 from scorer.cache import Entry
 from scorer.codec import encode
+from scorer.logs import FORMAT, ClientText, RecordFormatter
 from scorer.model import build_model
 from scorer.payload import parse_score_request
 
@@ -60,6 +62,18 @@ def measure() -> dict[str, float]:
         rows = model.preprocess(request.user, request.streams, request.playlist, model.params)
         encode(model.predict(rows, model.params))
 
+    # The sampled request log (LOGS_FRACTION of requests) as the handler formats it.
+    record = logging.LogRecord(
+        "scorer.scoring",
+        logging.INFO,
+        __file__,
+        0,
+        "user %s streams: %s",
+        (ClientText("u"), ClientText(request.streams)),
+        None,
+    )
+    formatter = RecordFormatter(FORMAT)
+
     def wsgi() -> None:
         environ = {
             "REQUEST_METHOD": "POST",
@@ -76,6 +90,9 @@ def measure() -> dict[str, float]:
             lambda: scorer.fetcher.lookup(per_url, model.stream_features)
         ),
         "example model: preprocess, predict, encode": best_us(run_model),
+        "sampled request log line (format only; 1% of requests)": best_us(
+            lambda: formatter.format(record)
+        ),
         "whole POST /score through WSGI (no HTTP)": best_us(wsgi),
     }
 

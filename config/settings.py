@@ -66,7 +66,7 @@ class Settings(BaseSettings):
 
     # --- requests ------------------------------------------------------------------------
     logs_fraction: float = Field(default=0.01, alias="LOGS_FRACTION", ge=0, le=1)
-    """Fraction of requests whose user id and enriched streams are logged."""
+    """Fraction of requests whose user id and enriched streams are logged (escaped literals)."""
     max_body_bytes: int = Field(default=1_048_576, alias="MAX_BODY_BYTES", ge=1024)
     """Largest accepted request body; a larger one is refused with 413 from its length."""
     body_timeout_seconds: float = Field(default=5.0, alias="BODY_TIMEOUT_SECONDS", gt=0)

@@ -28,6 +28,14 @@ def echo_predict(model_input: dict[str, Any], params: Any) -> dict[str, Any]:
     }
 
 
+def echo_or_refuse_predict(model_input: dict[str, Any], params: Any) -> dict[str, Any]:
+    """Echo, unless the user asks to be refused: then raise naming the user's id, as models do."""
+    user = model_input["user"]
+    if user.get("refuse"):
+        raise ValueError(f"cannot score user {user.get('userid')}")
+    return echo_predict(model_input, params)
+
+
 def failing_predict(model_input: Any, params: Any) -> Any:
     raise RuntimeError("the model broke")
 
