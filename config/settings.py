@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     """Prefix of the partition key: `pk = prefix + streamUrl`."""
     cache_maxsize: int = Field(default=50_000, alias="CACHE_MAXSIZE", ge=0)
     """Feature cache entries per worker (one entry per stream and feature)."""
+    cache_max_bytes: int = Field(default=64 * 1024 * 1024, alias="CACHE_MAX_BYTES", ge=0, lt=2**48)
+    """Estimated bytes the feature cache of one worker may hold; past them, the least recently
+    used streams are evicted even under CACHE_MAXSIZE (clients choose the URLs it is keyed by)."""
     feature_ttl_seconds: float = Field(default=300.0, alias="FEATURE_TTL_SECONDS", gt=0)
     """Cache lifetime of an item that has no `cache_ttl_in_seconds` attribute of its own."""
     absent_ttl_seconds: float = Field(default=30.0, alias="ABSENT_TTL_SECONDS", ge=0)

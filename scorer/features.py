@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, Future, wait
 from typing import Any
 
-from scorer.cache import ABSENT, Entry, FeatureCache, FeatureKey
+from scorer.cache import ABSENT, Entry, FeatureCache, FeatureKey, Fresh
 from scorer.metrics import Metrics
 from scorer.store import MAX_BATCH_KEYS, FeatureStore, is_valid_key
 
@@ -180,26 +180,29 @@ class FeatureFetcher:
 
     def _fetch_chunk(self, chunk: Chunk, deadline: float, future: Read) -> None:
         entries: dict[FeatureKey, Entry] = {}
+        fresh: Fresh = {}
         error: BaseException | None = None
         try:
             if self._clock() >= deadline:
                 raise TimeoutError("feature budget spent before the read started")
             entries = self._store.fetch_chunk(chunk, deadline)
+            fresh = self.cache.stamp(entries.items())  # sized before taking the lock
         except Exception as exc:  # any store failure degrades the requests waiting on it
             logger.warning("feature read of %d keys failed: %r", len(chunk), exc)
             error = exc
         finally:
             with self.cache.lock:
-                self.cache.put_many_unlocked(entries.items())
+                self.cache.store_unlocked(fresh)
                 for key in chunk:
                     if self._inflight.get(key) is future:
                         del self._inflight[key]
-                size = self.cache.size_unlocked()
+                size, nbytes = self.cache.size_unlocked(), self.cache.bytes_unlocked()
             if error is None:
                 future.set_result(entries)
             else:
                 future.set_exception(error)
         self._metrics.cache_entries.set(size)
+        self._metrics.cache_bytes.set(nbytes)
 
     def _count(
         self, hits: int, absent_hits: int, fetched: int, coalesced: int, invalid: int

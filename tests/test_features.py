@@ -69,6 +69,20 @@ def test_sixty_streams_get_all_180_features_and_warm_request_reads_nothing(
     assert sample(metrics, "scorer_feature_cache_hits_total", kind="value") == 180
 
 
+def test_cache_gauges_report_the_entries_and_bytes_held(
+    dynamodb: Any, table: str, metrics: Metrics
+) -> None:
+    seed_features(dynamodb, table, ["https://a", "https://b"], NAMES)
+    fetcher = make_fetcher(make_settings(FEATURES_TABLE=table), metrics)
+
+    fetcher.enrich(streams_for(["https://a", "https://b", "https://unknown"]), NAMES)
+
+    assert sample(metrics, "scorer_feature_cache_entries") == len(fetcher.cache) == 9
+    held = sample(metrics, "scorer_feature_cache_bytes")
+    assert held == fetcher.cache.bytes
+    assert 3 * 400 < held < 3 * 2000  # three streams of three small features
+
+
 def test_duplicate_streams_all_get_features(dynamodb: Any, table: str, metrics: Metrics) -> None:
     seed_features(dynamodb, table, ["https://a", "https://b"], NAMES)
     fetcher = make_fetcher(make_settings(FEATURES_TABLE=table), metrics)
