@@ -23,12 +23,12 @@ STREAM_OVERHEAD_BYTES = 330
 """Bytes one cached stream takes besides its URL, its features dict and its features: its slots
 in the cache's data, size and LRU-order tables, which keep room for what they evicted. This and
 FEATURE_OVERHEAD_BYTES are calibrated with tracemalloc by bench/cache_memory.py: with 2 KB URLs
-after eviction churn the estimate came within 1% of what was held, and up to 16% above it for
+after eviction churn the estimate came within 1% of what was held, and up to 18% above it for
 100-byte URLs in a cache that never evicted (1, 3 and 10 features per stream)."""
-FEATURE_OVERHEAD_BYTES = 104
-"""Bytes one cached feature takes besides its value: its (value, expiry, size) tuple (64), the
-float expiry (24) and about 16 more that tracemalloc sees per feature as the stream's dict grows.
-Names are the model's own strings, shared by every stream."""
+FEATURE_OVERHEAD_BYTES = 112
+"""Bytes one cached feature takes besides its value: its (value, expiry, size, copy) tuple (72),
+the float expiry (24) and about 16 more that tracemalloc sees per feature as the stream's dict
+grows. Names are the model's own strings, shared by every stream."""
 _BYTES_RANGE = 1 << 48
 """Room for the byte count in a packed size (256 TiB): see `_packed_size`."""
 
@@ -57,12 +57,20 @@ class Entry(NamedTuple):
     ttl: float
 
 
+Copier = Callable[[Any], Any]
+"""Makes a copy of a list or map value that its caller may change."""
+
+
 class Cached(NamedTuple):
-    """A cached value (or ABSENT), the clock time it expires at, and the bytes it takes."""
+    """A cached value (or ABSENT), when it expires, the bytes it takes, and how to copy it.
+
+    `copy` is None for values nobody can change (numbers, strings, bytes, booleans, null).
+    """
 
     value: Any
     expires: float
     nbytes: int
+    copy: Copier | None
 
 
 Fresh = dict[str, dict[str, Cached]]
@@ -81,16 +89,48 @@ def value_bytes(value: Any) -> int:
     return size
 
 
-class StreamFeatures(dict[str, Cached]):
-    """The cached features of one stream URL by name, when the last expires, and their size."""
+def _deep_copy(value: Any) -> Any:
+    if type(value) is list:
+        return [_deep_copy(item) for item in value]
+    if type(value) is dict:
+        return {key: _deep_copy(item) for key, item in value.items()}
+    return value
 
-    __slots__ = ("expires", "size")
+
+def copier(value: Any) -> Copier | None:
+    """Return how to copy a feature value for a caller that may change it, None if it cannot.
+
+    Lists and maps are the only values the store gives that can be changed in place; one that
+    holds no list or map itself (the common case) is copied shallowly, which is cheap.
+    """
+    if type(value) is list:
+        nested = any(type(item) is list or type(item) is dict for item in value)
+        return _deep_copy if nested else list.copy
+    if type(value) is dict:
+        nested = any(type(item) is list or type(item) is dict for item in value.values())
+        return _deep_copy if nested else dict.copy
+    return None
+
+
+class StreamFeatures(dict[str, Cached]):
+    """The cached features of one stream URL by name, when the last expires, and their size.
+
+    `mutable` names the features whose values must be copied before anyone is given them, and
+    how to copy each.
+    """
+
+    __slots__ = ("expires", "mutable", "size")
 
     def __init__(self, features: dict[str, Cached], url: str) -> None:
         super().__init__(features)
         self.expires = max(cached.expires for cached in features.values())
+        self.mutable = tuple(
+            (name, cached.copy) for name, cached in features.items() if cached.copy is not None
+        )
         nbytes = sys.getsizeof(url) + sys.getsizeof(self) + STREAM_OVERHEAD_BYTES
         nbytes += sum(cached.nbytes for cached in features.values())
+        if self.mutable:  # () is a shared singleton
+            nbytes += sys.getsizeof(self.mutable) + sum(map(sys.getsizeof, self.mutable))
         self.size = len(features) * _BYTES_RANGE + nbytes
 
 
@@ -172,7 +212,8 @@ class FeatureCache:
         for (url, name), entry in entries:
             if entry.ttl > 0:
                 nbytes = FEATURE_OVERHEAD_BYTES + value_bytes(entry.value)
-                fresh.setdefault(url, {})[name] = Cached(entry.value, now + entry.ttl, nbytes)
+                cached = Cached(entry.value, now + entry.ttl, nbytes, copier(entry.value))
+                fresh.setdefault(url, {})[name] = cached
         return fresh
 
     def store_unlocked(self, fresh: Fresh) -> None:

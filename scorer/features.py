@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, Future, wait
 from typing import Any
 
-from scorer.cache import ABSENT, Entry, FeatureCache, FeatureKey, Fresh
+from scorer.cache import ABSENT, Copier, Entry, FeatureCache, FeatureKey, Fresh, copier
 from scorer.metrics import Metrics
 from scorer.store import MAX_BATCH_KEYS, FeatureStore, is_valid_key
 
@@ -25,6 +25,8 @@ Read = Future[dict[FeatureKey, Entry]]
 """One BatchGetItem chunk in flight: its entries, once read."""
 Waits = dict[Read, list[FeatureKey]]
 """The reads a request waits on, with the keys it wants from each."""
+Shared = dict[str, tuple[tuple[str, Copier], ...]]
+"""By url, the features found whose values are lists or maps, and how to copy each."""
 
 
 class FeatureFetcher:
@@ -51,45 +53,63 @@ class FeatureFetcher:
         self._inflight: dict[FeatureKey, Read] = {}
 
     def enrich(self, streams: Sequence[dict[str, Any]], names: Sequence[str]) -> bool:
-        """Set every known feature on every stream (duplicates included); True if degraded."""
+        """Set every known feature on every stream (duplicates included); True if degraded.
+
+        Each stream gets its own copy of a list or map value: a model that changes one in place
+        changes it for no other stream, request or cache entry.
+        """
         if not names or not streams:
             return False
-        found, degraded = self.lookup(Counter(stream["streamUrl"] for stream in streams), names)
+        per_url = Counter(stream["streamUrl"] for stream in streams)
+        found, shared, degraded = self.lookup(per_url, names)
+        if not shared:  # numbers and strings only: nothing to copy
+            for stream in streams:
+                values = found.get(stream["streamUrl"])
+                if values:
+                    stream.update(values)
+            return degraded
         for stream in streams:
-            values = found.get(stream["streamUrl"])
+            url = stream["streamUrl"]
+            values = found.get(url)
             if values:
                 stream.update(values)
+                for name, copy in shared.get(url, ()):
+                    if name in values:
+                        stream[name] = copy(values[name])
         return degraded
 
     def lookup(
         self, per_url: Mapping[str, int], names: Sequence[str]
-    ) -> tuple[dict[str, dict[str, Any]], bool]:
-        """Return the values found per url and name, and whether any could not be read.
+    ) -> tuple[dict[str, dict[str, Any]], Shared, bool]:
+        """Return the values found per url and name, the shared ones, and if any fell short.
 
-        `per_url` says how many streams share each url, so every stream-feature lookup is
-        counted exactly once, as a hit or a miss.
+        Values are the cache's own: those named in `shared` (lists and maps) must be copied
+        before anyone may change them. `per_url` says how many streams share each url, so
+        every stream-feature lookup is counted exactly once, as a hit or a miss.
         """
         deadline = self._clock() + self._timeout
         waits: Waits = {}
+        shared: Shared = {}
         fetched = coalesced = invalid = 0
         # One lock for all three steps: a key found missing is claimed before another thread
         # can find it missing too, so concurrent misses of a key share one read.
         with self.cache.lock:
-            found, missing, hits, absent_hits = self._read_cache(per_url, names)
+            found, missing, hits, absent_hits = self._read_cache(per_url, names, shared)
             if missing:
                 owned, fetched, coalesced, invalid = self._join_or_claim(missing, waits)
                 self._start_reads(owned, deadline, waits)
         self._count(hits, absent_hits, fetched, coalesced, invalid)
         if not waits:
-            return found, False
-        return found, self._collect(waits, deadline, found)
+            return found, shared, False
+        return found, shared, self._collect(waits, deadline, found, shared)
 
     def _read_cache(
-        self, per_url: Mapping[str, int], names: Sequence[str]
+        self, per_url: Mapping[str, int], names: Sequence[str], shared: Shared
     ) -> tuple[dict[str, dict[str, Any]], list[tuple[FeatureKey, int]], int, int]:
         """Return the live cached values, the keys missing (with their stream counts), hits.
 
         The caller holds the cache lock. A key cached as absent is a hit with no value.
+        The list and map values found are added to `shared`.
         """
         found: dict[str, dict[str, Any]] = {}
         missing: list[tuple[FeatureKey, int]] = []
@@ -98,9 +118,12 @@ class FeatureFetcher:
         now = self.cache.clock()
         for url, count in per_url.items():
             cached = get(url)
+            if cached is None:
+                missing.extend([((url, name), count) for name in names])
+                continue
             values: dict[str, Any] = {}
             for name in names:
-                entry = cached.get(name) if cached is not None else None
+                entry = cached.get(name)
                 if entry is not None and entry.expires > now:
                     if entry.value is ABSENT:
                         absent_hits += count
@@ -111,6 +134,8 @@ class FeatureFetcher:
                 missing.append(((url, name), count))
             if values:
                 found[url] = values
+                if cached.mutable:
+                    shared[url] = cached.mutable  # expired ones included: enrich skips them
         return found, missing, hits, absent_hits
 
     def _join_or_claim(
@@ -155,7 +180,9 @@ class FeatureFetcher:
                     del inflight[key]
                 future.set_exception(exc)
 
-    def _collect(self, waits: Waits, deadline: float, found: dict[str, dict[str, Any]]) -> bool:
+    def _collect(
+        self, waits: Waits, deadline: float, found: dict[str, dict[str, Any]], shared: Shared
+    ) -> bool:
         """Add what the reads found by the deadline to `found`; return True if any fell short."""
         done, not_done = wait(waits, timeout=max(0.0, deadline - self._clock()))
         reasons: set[str] = set()
@@ -172,6 +199,8 @@ class FeatureFetcher:
                     reasons.add("unprocessed")
                 elif entry.value is not ABSENT:
                     found.setdefault(key[0], {})[key[1]] = entry.value
+                    if (copy := copier(entry.value)) is not None:  # the cache holds it too
+                        shared[key[0]] = (*shared.get(key[0], ()), (key[1], copy))
         for reason in reasons:
             self._metrics.degraded_requests.labels(reason).inc()
         if reasons:
