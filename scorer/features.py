@@ -29,6 +29,13 @@ Shared = dict[str, tuple[tuple[str, Copier], ...]]
 """By url, the features found whose values are lists or maps, and how to copy each."""
 
 
+def drop_client_values(stream: dict[str, Any], names: Sequence[str]) -> None:
+    """Remove what a client sent under the features' names (its streamUrl stays, whatever)."""
+    for name in names:
+        if name != "streamUrl":
+            stream.pop(name, None)
+
+
 class FeatureFetcher:
     """Look feature values up for a request, sharing cache and in-flight reads across threads."""
 
@@ -55,27 +62,27 @@ class FeatureFetcher:
     def enrich(self, streams: Sequence[dict[str, Any]], names: Sequence[str]) -> bool:
         """Set every known feature on every stream (duplicates included); True if degraded.
 
-        Each stream gets its own copy of a list or map value: a model that changes one in place
-        changes it for no other stream, request or cache entry.
+        The store is a feature's only source: what a client sent under a feature's name is
+        dropped, so the model sees the same input whether the store had the feature, did not,
+        or failed. Each stream gets its own copy of a list or map value: a model that changes
+        one in place changes it for no other stream, request or cache entry.
         """
         if not names or not streams:
             return False
         per_url = Counter(stream["streamUrl"] for stream in streams)
         found, shared, degraded = self.lookup(per_url, names)
-        if not shared:  # numbers and strings only: nothing to copy
-            for stream in streams:
-                values = found.get(stream["streamUrl"])
-                if values:
-                    stream.update(values)
-            return degraded
+        every = len(names)
         for stream in streams:
             url = stream["streamUrl"]
             values = found.get(url)
+            if values is None or len(values) < every:  # else every name is overwritten
+                drop_client_values(stream, names)
             if values:
                 stream.update(values)
-                for name, copy in shared.get(url, ()):
-                    if name in values:
-                        stream[name] = copy(values[name])
+                if shared:
+                    for name, copy in shared.get(url, ()):
+                        if name in values:
+                            stream[name] = copy(values[name])
         return degraded
 
     def lookup(

@@ -211,6 +211,52 @@ def test_unreachable_store_degrades_instead_of_failing(metrics: Metrics) -> None
     assert fetcher.cache.size_unlocked() == 0  # a failure is not cached as "absent"
 
 
+def test_client_values_named_like_features_never_reach_the_model(
+    dynamodb: Any, table: str, metrics: Metrics
+) -> None:
+    seed_features(dynamodb, table, ["https://known"], ["f1"])  # f2 and f3: not in the table
+    fetcher = make_fetcher(make_settings(FEATURES_TABLE=table), metrics)
+
+    def sent() -> list[dict[str, Any]]:
+        return [
+            {"streamUrl": "https://known", "f1": "client", "f2": "client", "tag": "kept"},
+            {"streamUrl": "https://unknown", "f1": "client", "tag": "kept"},
+            {"streamUrl": "https://" + "x" * 3000, "f3": "client"},  # never looked up
+        ]
+
+    for _ in range(2):  # read from the store, then from the cache
+        streams = sent()
+        fetcher.enrich(streams, NAMES)
+        assert streams == [
+            {"streamUrl": "https://known", "f1": "https://known|f1", "tag": "kept"},
+            {"streamUrl": "https://unknown", "tag": "kept"},
+            {"streamUrl": "https://" + "x" * 3000},
+        ]
+
+
+def test_client_values_named_like_features_are_dropped_when_the_store_fails(
+    metrics: Metrics,
+) -> None:
+    settings = make_settings(FEATURES_TABLE="features", DYNAMODB_MAX_ATTEMPTS=1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens on discard
+        fetcher = make_fetcher(settings, metrics)
+    streams = [{"streamUrl": "https://a", "f1": "client", "tag": "kept"}]
+
+    assert fetcher.enrich(streams, NAMES) is True
+
+    assert streams == [{"streamUrl": "https://a", "tag": "kept"}]
+
+
+def test_a_feature_named_streamurl_never_drops_the_stream_url(metrics: Metrics) -> None:
+    fetcher = make_fetcher(make_settings(FEATURES_TABLE="features"), metrics, pool=RefusingPool())
+    streams = streams_for(["https://a"])
+
+    fetcher.enrich(streams, ["streamUrl", "f1"])
+
+    assert streams == [{"streamUrl": "https://a"}]
+
+
 class RefusingPool:
     """A pool that cannot start a thread, as when the process is out of them."""
 
