@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     """Prefix of the partition key: `pk = prefix + streamUrl`."""
     cache_maxsize: int = Field(default=50_000, alias="CACHE_MAXSIZE", ge=0)
     """Feature cache entries per worker (one entry per stream and feature)."""
+    cache_max_bytes: int = Field(default=64 * 1024 * 1024, alias="CACHE_MAX_BYTES", ge=0, lt=2**48)
+    """Estimated bytes the feature cache of one worker may hold; past them, the least recently
+    used streams are evicted even under CACHE_MAXSIZE (clients choose the URLs it is keyed by)."""
     feature_ttl_seconds: float = Field(default=300.0, alias="FEATURE_TTL_SECONDS", gt=0)
     """Cache lifetime of an item that has no `cache_ttl_in_seconds` attribute of its own."""
     absent_ttl_seconds: float = Field(default=30.0, alias="ABSENT_TTL_SECONDS", ge=0)
@@ -81,7 +84,7 @@ class Settings(BaseSettings):
 
     # --- requests ------------------------------------------------------------------------
     logs_fraction: float = Field(default=0.01, alias="LOGS_FRACTION", ge=0, le=1)
-    """Fraction of requests whose user id and enriched streams are logged."""
+    """Fraction of requests whose user id and enriched streams are logged (escaped literals)."""
     max_body_bytes: int = Field(default=1_048_576, alias="MAX_BODY_BYTES", ge=1024)
     """Largest accepted request body; a larger one is refused with 413 from its length."""
     body_timeout_seconds: float = Field(default=5.0, alias="BODY_TIMEOUT_SECONDS", gt=0)

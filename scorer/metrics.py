@@ -72,6 +72,12 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.cache_bytes = Gauge(
+            "scorer_feature_cache_bytes",
+            "Estimated bytes held by the feature caches of all live workers.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.dynamodb_duration = Histogram(
             "scorer_dynamodb_request_duration_seconds",
             "Latency of one BatchGetItem call, retries by botocore included.",

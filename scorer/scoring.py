@@ -18,6 +18,7 @@ from config import Settings
 from scorer.codec import encode
 from scorer.errors import ModelFailed, ModelNotLoaded, NoModelOutput
 from scorer.features import FeatureFetcher
+from scorer.logs import ClientText
 from scorer.metrics import Metrics
 from scorer.model import Model
 from scorer.payload import ScoreRequest
@@ -108,7 +109,8 @@ class Scorer:
         if model.stream_features:
             self.fetcher.enrich(request.streams, model.stream_features)
         if self.settings.logs_fraction and random.random() < self.settings.logs_fraction:
-            logger.info("user %s streams: %s", request.user.get("userid", ""), request.streams)
+            userid = ClientText(request.user.get("userid", ""))
+            logger.info("user %s streams: %s", userid, ClientText(request.streams))
         params = model.params
         if isinstance(params, Mapping):
             # A per-request copy: the shared params are read by every thread and never written.

@@ -250,5 +250,6 @@ class FeatureStore:
                 # As in the seed service, zero or a negative number means "use the default".
                 ttl = float(raw_ttl) if float(raw_ttl) > 0 else ttl
             except ValueError:
-                logger.warning("ignoring cache_ttl_in_seconds %r of %s", raw_ttl, item["pk"]["S"])
+                # %r: the key holds a client's stream URL, escaped so it cannot start a log line.
+                logger.warning("ignoring cache_ttl_in_seconds %r of %r", raw_ttl, item["pk"]["S"])
         return Entry(value, ttl)

@@ -27,7 +27,7 @@ def build_fetcher(
     pool_size = settings.fetch_threads
     client = make_client(settings, max(pool_size, settings.threads), botocore_data)
     return FeatureFetcher(
-        FeatureCache(settings.cache_maxsize),
+        FeatureCache(settings.cache_maxsize, settings.cache_max_bytes),
         FeatureStore(client, settings, metrics),
         ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="features"),
         metrics,

@@ -28,6 +28,28 @@ def echo_predict(model_input: dict[str, Any], params: Any) -> dict[str, Any]:
     }
 
 
+def echo_or_refuse_predict(model_input: dict[str, Any], params: Any) -> dict[str, Any]:
+    """Echo, unless the user asks to be refused: then raise naming the user's id, as models do."""
+    user = model_input["user"]
+    if user.get("refuse"):
+        raise ValueError(f"cannot score user {user.get('userid')}")
+    return echo_predict(model_input, params)
+
+
+def mutating_preprocess(user: Any, streams: Any, playlist: Any, params: Any) -> dict[str, Any]:
+    """Change each stream's list and map features in place, as a careless model may."""
+    for stream in streams:
+        stream["tags"].append("seen")
+        stream["info"]["n"] += 1
+        stream["info"]["nested"].append(0)
+    return {"streams": streams}
+
+
+def features_predict(model_input: dict[str, Any], params: Any) -> dict[str, Any]:
+    """Return the features each stream ended up with."""
+    return {"streams": [{n: s.get(n) for n in params["features"]} for s in model_input["streams"]]}
+
+
 def failing_predict(model_input: Any, params: Any) -> Any:
     raise RuntimeError("the model broke")
 

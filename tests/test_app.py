@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flask.testing import FlaskClient
 
+from examples.local_stack import put_features
 from scorer import create_app
 from scorer.model import validate_model
 from tests import fakes
@@ -64,6 +65,32 @@ def test_score_enriches_streams_and_passes_query_params(
         "f3": "https://b|f3",
     }
     assert response.json["query_params"] == {"variant": "b"}
+
+
+def test_a_model_changing_list_and_map_features_in_place_changes_them_for_no_one_else(
+    settings: Any, dynamodb: Any, table: str
+) -> None:
+    put_features(
+        dynamodb,
+        table,
+        [
+            ("https://a", "tags", {"value": {"L": [{"S": "live"}]}}),
+            ("https://a", "info", {"value": {"M": {"n": {"N": "1"}, "nested": {"L": []}}}}),
+        ],
+    )
+    model = fakes.echo_model(
+        ["tags", "info"], preprocess=fakes.mutating_preprocess, predict=fakes.features_predict
+    )
+    app = create_app(settings, validate_model(model, "m.pkl"))
+    app.extensions["scorer"].init_worker()
+    client = app.test_client()
+
+    cold = client.post("/score", json=body("https://a", "https://a")).json  # read from the store
+    warm = [client.post("/score", json=body("https://a")).json for _ in range(2)]  # the cache
+
+    changed_once = {"tags": ["live", "seen"], "info": {"n": 2.0, "nested": [0]}}
+    assert cold["streams"] == [changed_once, changed_once]  # duplicates too: a copy each
+    assert [response["streams"] for response in warm] == [[changed_once]] * 2
 
 
 def test_query_params_never_leak_into_the_shared_params(client: FlaskClient) -> None:
