@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -21,47 +19,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
 import pytest
 import yaml
 
 from examples.local_stack import aws_client, create_features_table, free_port, upload_model
+from tests import fakes
 from tests.conftest import seed_features
 from tests.deploykit import DASHBOARD, debian_tool, recording_rules, rules_spec
 from tests.faultproxy import PASS, THROTTLE, UNPROCESSED, FaultProxy
 from tests.servers import Server, gunicorn_env, start_service, stop_service, wait_until, worker_pids
 
 TABLE = "prometheus-features"
-FEATURES = ["f1", "f2"]
+FEATURES = fakes.FEATURES
 TIMEOUT = 2  # the service's TIMEOUT: a stuck request gets its 504 after this many seconds
 LABELS = {"namespace": "e2e", "pod": "scorer-e2e", "service": "scorer", "container": "scorer"}
 """What a ServiceMonitor adds to every series; the rules and panels group by them."""
 SUBSTITUTIONS = {"$namespace": ".*", "$__rate_interval": "1m"}
 """Grafana's variables, as Grafana would fill them in."""
 DATA_WAIT = 60  # seconds to wait for every expression to have data, after the traffic
-
-
-# --- the model -----------------------------------------------------------------------------
-def preprocess(user: Any, streams: Any, playlist: Any, params: Any) -> dict[str, Any]:
-    return {"user": user, "streams": streams}
-
-
-def predict(model_input: dict[str, Any], params: Any) -> dict[str, Any]:
-    """Echo the streams; raise for a stream named "boom", never return for user "hang"."""
-    if model_input["user"].get("userid") == "hang":
-        time.sleep(3600)
-    if any(s["streamUrl"] == "boom" for s in model_input["streams"]):
-        raise RuntimeError("boom")
-    return {"streams": model_input["streams"]}
-
-
-def pickle_model() -> bytes:
-    model = {"preprocess": preprocess, "predict": predict, "stream_features": FEATURES}
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    try:
-        return bytes(cloudpickle.dumps(model))
-    finally:
-        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 # --- Prometheus ----------------------------------------------------------------------------
@@ -142,12 +117,13 @@ def stack(emulator: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     debian_tool("prometheus")  # skip (or fail under CI) before starting anything
     tmp = tmp_path_factory.mktemp("prometheus")
     create_features_table(aws_client("dynamodb", emulator), TABLE)
-    model = upload_model(aws_client("s3", emulator), "prometheus-models", "m.pkl", pickle_model())
+    model = fakes.pickle_by_value(fakes.echo_model(FEATURES, predict=fakes.troubled_predict))
+    model_path = upload_model(aws_client("s3", emulator), "prometheus-models", "m.pkl", model)
     proxy = FaultProxy(emulator)
     env = gunicorn_env(
         emulator,
         PORT=str(free_port()),
-        S3_MODEL_PATH=model,
+        S3_MODEL_PATH=model_path,
         FEATURES_TABLE=TABLE,
         TIMEOUT=str(TIMEOUT),
         FEATURE_TIMEOUT_SECONDS="0.5",
