@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import cloudpickle
@@ -48,6 +49,15 @@ def mutating_preprocess(user: Any, streams: Any, playlist: Any, params: Any) -> 
 def features_predict(model_input: dict[str, Any], params: Any) -> dict[str, Any]:
     """Return the features each stream ended up with."""
     return {"streams": [{n: s.get(n) for n in params["features"]} for s in model_input["streams"]]}
+
+
+def troubled_predict(model_input: dict[str, Any], params: Any) -> dict[str, Any]:
+    """Echo, except: raise for a stream "boom", never return for user "hang"."""
+    if model_input["user"].get("userid") == "hang":
+        time.sleep(3600)
+    if any(s["streamUrl"] == "boom" for s in model_input["streams"]):
+        raise RuntimeError("boom")
+    return echo_predict(model_input, params)
 
 
 def failing_predict(model_input: Any, params: Any) -> Any:
