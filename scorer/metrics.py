@@ -101,7 +101,7 @@ class Metrics:
         self.model_info = Gauge(
             "scorer_model_info",
             "The model this service scores with (value 1).",
-            ["name", "sha256", "stream_features"],
+            ["name", "sha256", "stream_features", "version"],
             registry=r,
             multiprocess_mode="liveall",
         )

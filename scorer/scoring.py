@@ -75,7 +75,7 @@ class Scorer:
         """Set the model info gauge for this process."""
         if self.model is not None:
             model = self.model
-            labels = (model.name, model.sha256, ",".join(model.stream_features))
+            labels = (model.name, model.sha256, ",".join(model.stream_features), model.version)
             self.metrics.model_info.labels(*labels).set(1)
 
     @property
