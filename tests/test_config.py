@@ -38,6 +38,11 @@ def test_local_model_path_takes_precedence(monkeypatch: pytest.MonkeyPatch) -> N
         ("S3_MODEL_PATH", "bucket/key"),
         ("MODEL_SHA256", "abc"),
         ("GC_FREEZE", "maybe"),
+        ("MODEL_POLL_SECONDS", "-1"),
+        ("MODEL_RELOAD_TIMEOUT_SECONDS", "0"),
+        ("MODEL_SAMPLE_REQUEST", "{not json"),
+        ("MODEL_SAMPLE_REQUEST", '{"streams": []}'),
+        ("MODEL_SAMPLE_REQUEST", '{"streams": [{"url": "a"}]}'),
     ],
 )
 def test_bad_value_names_the_variable(
