@@ -31,4 +31,6 @@ except (SettingsError, ModelError, StoreConfigError) as exc:
 
 app = create_app(settings, model)
 # SIGHUP (by hand, or from the poll) swaps the model in this process: see scorer/reload.py.
+# Only the app's Scorer may hold the model, or a reload could not free the old one.
+del model
 app.extensions["scorer.reloader"] = ModelReloader(app.extensions["scorer"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import http.client
+import importlib
 import json
 import os
 import re
@@ -280,6 +281,27 @@ def test_the_old_model_is_freed_in_the_master_before_the_new_workers_fork(
         assert old() is None
     finally:
         gc.unfreeze()
+
+
+def test_the_entry_point_keeps_no_reference_to_the_old_model(
+    emulator: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s3, bucket = aws_client("s3", emulator), "reload-unit-wsgi"
+    monkeypatch.setenv("S3_MODEL_PATH", versioned_bucket(s3, bucket, model("w1")))
+    monkeypatch.setenv("GC_FREEZE", "false")
+    monkeypatch.delitem(sys.modules, "wsgi", raising=False)
+    app = importlib.import_module("wsgi").app  # what gunicorn preloads
+    reloader = app.extensions["scorer.reloader"]
+    try:
+        old = weakref.ref(app.extensions["scorer"].model.predict)
+        publish(s3, bucket, model("w2"))
+
+        assert reloader.reload()
+
+        assert old() is None  # nothing but the Scorer held it: a reload frees the old model
+    finally:
+        reloader.close()
+        sys.modules.pop("wsgi", None)
 
 
 @pytest.mark.parametrize(
