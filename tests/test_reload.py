@@ -222,11 +222,10 @@ def switch_under_load(stack: Stack, tag: str, trigger: Any) -> tuple[list[Answer
 
 
 def assert_clean_switch(answers: list[Answer], tag: str, triggered: float, bound: float) -> None:
+    """Every answer a 200, and none from the old model to a request sent past the bound."""
     failed = [a for a in answers if a.kind != "ok"]
     late_old = [a for a in answers if a.model != tag and a.started > triggered + bound]
     assert (failed, late_old) == ([], []), summary(answers)
-    after = [a for a in answers if a.started > triggered + bound]
-    assert all(a.model == tag for a in after)
 
 
 # --- the master's side, in process ---------------------------------------------------------
@@ -452,9 +451,14 @@ def test_unreachable_s3_is_a_counted_poll_error_and_a_refused_reload(polled: Sta
 
 def test_another_worker_polls_when_the_polling_one_dies(polled: Stack) -> None:
     master = polled.server.process.pid
-    polling = [line for line in polled.log().splitlines() if "polls the model every" in line]
-    pid = int(polling[-1].split("worker ")[1].split()[0])
-    assert pid in worker_pids(master)
+
+    def polling_worker() -> int:
+        lines = [line for line in polled.log().splitlines() if "polls the model every" in line]
+        return int(lines[-1].split("worker ")[1].split()[0]) if lines else 0
+
+    # A worker of the current generation takes the lock one period after it starts.
+    assert wait_until(lambda: polling_worker() in worker_pids(master), WAIT)
+    pid = polling_worker()
 
     os.kill(pid, signal.SIGKILL)
     newest = polled.publish(model("v7"))
