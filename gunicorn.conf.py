@@ -74,11 +74,37 @@ def when_ready(server: Any) -> None:
 
 
 def post_fork(server: Any, worker: Any) -> None:
-    """Create the worker's DynamoDB client, fetch pool and feature cache after fork."""
+    """Create the worker's DynamoDB client, fetch pool, feature cache and model poll after fork."""
     from scorer.worker import init_worker
 
     # DrainingThreadWorker.retire; a worker class given with -k has none (see scorer/watchdog.py).
-    init_worker(worker.app.wsgi(), getattr(worker, "retire", None))
+    init_worker(
+        worker.app.wsgi(),
+        getattr(worker, "retire", None),
+        master_pid=worker.ppid,
+        is_alive=lambda: bool(worker.alive),
+    )
+
+
+def on_reload(server: Any) -> None:
+    """Swap in a new model version (SIGHUP, by hand or from the poll) before new workers fork."""
+    if not server.cfg.preload_app:
+        return  # each new worker imports wsgi.py, and so loads the model, itself
+    try:
+        from scorer.reload import reload_model
+
+        reload_model(server.app.wsgi())
+    except BaseException as exc:  # anything escaping a hook stops the master: keep serving
+        server.log.error("model reload failed, keeping the current model: %r", exc)
+
+
+def on_exit(server: Any) -> None:
+    """Remove the run directory the model reloads and the poll share."""
+    reloader = (
+        server.app.wsgi().extensions.get("scorer.reloader") if server.cfg.preload_app else None
+    )
+    if reloader is not None:
+        reloader.close()
 
 
 def child_exit(server: Any, worker: Any) -> None:

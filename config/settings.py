@@ -9,13 +9,21 @@ and finds a bad endpoint only when a client is built, in every worker, as a trac
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, Json, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SAMPLE_REQUEST: dict[str, Any] = {
+    "user": {"userid": "scorer-reload-check"},
+    "streams": [{"streamUrl": "https://example.com/scorer-reload-check"}],
+    "playlist": {},
+}
+"""The request a new model version scores once before it replaces the current one."""
 
 
 class SettingsError(Exception):
@@ -54,6 +62,21 @@ class Settings(BaseSettings):
         default=None, alias="MODEL_SHA256", pattern=r"^[0-9a-fA-F]{64}$"
     )
     """Expected SHA-256 of the model file; a mismatch refuses to start (unpickling runs code)."""
+    model_poll_seconds: float = Field(default=60.0, alias="MODEL_POLL_SECONDS", ge=0)
+    """Seconds between checks of the model's version (S3 HEAD, or mtime+size of a file); 0: off."""
+    model_reload_timeout_seconds: float = Field(
+        default=300.0, alias="MODEL_RELOAD_TIMEOUT_SECONDS", gt=0
+    )
+    """Longest a reload may take to download and check a new version before it is refused."""
+    model_sample_request: Json[dict[str, Any]] = Field(
+        # As text: defaults are validated like the environment's value, which is JSON text.
+        default=json.dumps(DEFAULT_SAMPLE_REQUEST),  # type: ignore[arg-type]
+        alias="MODEL_SAMPLE_REQUEST",
+    )
+    """A `/score` body (JSON) a new version must score before it replaces the current one.
+
+    Its streams reach `preprocess` as they are: give them feature values the model needs.
+    """
 
     # --- features ------------------------------------------------------------------------
     features_table: str = Field(default="features", alias="FEATURES_TABLE", min_length=3)
@@ -154,6 +177,16 @@ class Settings(BaseSettings):
         if bare == host and re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", host):
             return host
         raise ValueError(f"must be an IP address or a host name, without a port, not {host!r}")
+
+    @field_validator("model_sample_request")
+    @classmethod
+    def _sample_has_streams(cls, value: dict[str, Any]) -> dict[str, Any]:
+        streams = value.get("streams")
+        if not isinstance(streams, list) or not streams:
+            raise ValueError("must be a /score body with at least one stream")
+        if not all(isinstance(s, dict) and isinstance(s.get("streamUrl"), str) for s in streams):
+            raise ValueError("every stream must be an object with a string streamUrl")
+        return value
 
     @model_validator(mode="after")
     def _require_one_model_source(self) -> Settings:

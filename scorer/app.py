@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from datetime import UTC, datetime
 
 from flask import Flask, Response, request
 
@@ -66,6 +67,9 @@ def create_app(
                 "cache_size": scorer.cache_size,
                 "model_name": scorer.model.name,
                 "stream_features": list(scorer.model.stream_features),
+                "model_sha256": scorer.model.sha256,
+                "model_version": scorer.model.version,
+                "model_loaded_at": iso_utc(scorer.model.loaded_at),
             }
         )
 
@@ -96,6 +100,11 @@ def create_app(
         app.wsgi_app, scorer, metrics, settings.max_body_bytes, watchdog, routes
     )
     return app
+
+
+def iso_utc(timestamp: float) -> str:
+    """Return a Unix time as ISO 8601 in UTC, to the second: `2026-11-27T09:13:00Z`."""
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _json(value: object) -> Response:

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-import boto3
 import cloudpickle
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
 
 from config import Settings
+from scorer.source import SourceError, source_for
 
 logger = logging.getLogger(__name__)
 
@@ -36,41 +35,8 @@ class Model:
     params: Any = field(default_factory=dict)
     stream_features: tuple[str, ...] = ()
     sha256: str = ""
-
-
-def read_model_bytes(settings: Settings) -> bytes:
-    """Return the model file's bytes from MODEL_PATH or S3_MODEL_PATH."""
-    if settings.model_path is not None:
-        try:
-            return settings.model_path.read_bytes()
-        except OSError as exc:
-            raise ModelError(
-                f"cannot read MODEL_PATH {settings.model_path}: {exc.strerror}"
-            ) from None
-    assert settings.s3_model_path is not None  # Settings requires one of the two
-    bucket, key = settings.s3_model_path.removeprefix("s3://").split("/", 1)
-    try:
-        # Bounded waits: an S3 that accepts but never answers must fail start-up in about 30 s,
-        # not after botocore's default 60 s read timeout, three times over.
-        config = Config(
-            connect_timeout=5,
-            read_timeout=10,  # between two reads, not for the whole (possibly large) file
-            retries={"mode": "standard", "total_max_attempts": 3},
-        )
-        s3 = boto3.client(
-            "s3",
-            config=config,
-            region_name=settings.aws_region,
-            endpoint_url=settings.endpoint_url("s3"),
-        )
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"]
-        data: bytes = body.read()
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "error")
-        raise ModelError(f"cannot download {settings.s3_model_path}: {code}") from None
-    except BotoCoreError as exc:
-        raise ModelError(f"cannot download {settings.s3_model_path}: {exc}") from None
-    return data
+    version: str = ""  # S3 VersionId or ETag; for MODEL_PATH, mtime (ns) and size
+    loaded_at: float = field(default_factory=time.time)  # Unix time this process unpickled it
 
 
 def build_model(data: bytes, name: str, expected_sha256: str | None = None) -> Model:
@@ -130,13 +96,19 @@ def feature_names(features: object, name: str) -> tuple[str, ...]:
 
 def load_model(settings: Settings) -> Model:
     """Fetch, verify, unpickle and validate the configured model."""
-    data = read_model_bytes(settings)
-    model = build_model(data, settings.model_name, settings.model_sha256)
+    try:
+        data, version = source_for(settings).fetch()
+    except SourceError as exc:
+        raise ModelError(str(exc)) from None
+    model = replace(
+        build_model(data, settings.model_name, settings.model_sha256), version=version.label
+    )
     logger.info(
-        "loaded model %s (%d bytes, sha256 %s, features %s)",
+        "loaded model %s (%d bytes, sha256 %s, version %s, features %s)",
         model.name,
         len(data),
         model.sha256[:12],
+        model.version,
         list(model.stream_features),
     )
     return model

@@ -81,7 +81,7 @@ class Scorer:
         """
         if self.model is not None:
             model = self.model
-            labels = (model.name, model.sha256, ",".join(model.stream_features))
+            labels = (model.name, model.sha256, ",".join(model.stream_features), model.version)
             self.metrics.model_info.labels(*labels).set(1)
 
     @property

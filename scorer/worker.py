@@ -6,6 +6,8 @@ master they would be shared by every worker's sockets and threads that no longer
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -15,7 +17,10 @@ from config import Settings
 from scorer.cache import FeatureCache
 from scorer.features import FeatureFetcher
 from scorer.metrics import Metrics
+from scorer.poller import ModelPoller
+from scorer.reload import ModelReloader
 from scorer.scoring import Scorer
+from scorer.source import source_for
 from scorer.store import FeatureStore, make_client
 from scorer.watchdog import Retire
 
@@ -36,7 +41,13 @@ def build_fetcher(
     )
 
 
-def init_worker(app: Flask, retire: Retire | None = None) -> None:
+def init_worker(
+    app: Flask,
+    retire: Retire | None = None,
+    *,
+    master_pid: int | None = None,
+    is_alive: Callable[[], bool] = lambda: True,
+) -> None:
     """Create the worker's per-process resources; gunicorn's post_fork hook calls this.
 
     `retire` is how the watchdog retires this worker around a stuck request.
@@ -44,3 +55,16 @@ def init_worker(app: Flask, retire: Retire | None = None) -> None:
     scorer: Scorer = app.extensions["scorer"]
     scorer.init_worker()
     app.extensions["scorer.watchdog"].start(retire)
+    reloader: ModelReloader | None = app.extensions.get("scorer.reloader")
+    settings = scorer.settings
+    if reloader is not None and scorer.model is not None and settings.model_poll_seconds > 0:
+        source = source_for(settings, connect_timeout=2, read_timeout=5, attempts=1)
+        ModelPoller(
+            source,
+            settings.model_poll_seconds,
+            reloader.run_dir,
+            scorer.model.version,
+            scorer.metrics,
+            master_pid=os.getppid() if master_pid is None else master_pid,
+            is_alive=is_alive,
+        ).start()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+import types
 from typing import Any
 
 import cloudpickle
@@ -88,3 +90,31 @@ def pickle_by_value(obj: Any) -> bytes:
         return bytes(cloudpickle.dumps(obj))
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+def tag_predict(model_input: dict[str, Any], params: Any) -> dict[str, Any]:
+    """Say which model answered (its params' `tag`) in which worker, to tell versions apart."""
+    return {"model": params["tag"], "pid": os.getpid(), "streams": len(model_input["streams"])}
+
+
+def tagged_model(tag: str, **overrides: Any) -> dict[str, Any]:
+    """Return a model that reads no features and answers with its tag."""
+    return echo_model([], **{"predict": tag_predict, "params": {"tag": tag}, **overrides})
+
+
+def pickle_needing_module(module_name: str) -> bytes:
+    """Pickle a model whose predict lives in a module that nothing else has installed."""
+    module = types.ModuleType(module_name)
+    exec("def predict(model_input, params):\n    return {'model': 'unreachable'}\n", vars(module))
+    sys.modules[module_name] = module  # so cloudpickle refers to it by name, as to a package
+    try:
+        return pickle_by_value({"preprocess": echo_preprocess, "predict": module.predict})
+    finally:
+        del sys.modules[module_name]
+
+
+class Knot:
+    """An object in a reference cycle: only the cyclic collector can free it."""
+
+    def __init__(self) -> None:
+        self.me = self

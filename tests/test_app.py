@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -34,13 +36,25 @@ def test_health_reports_model_and_cache(client: FlaskClient, dynamodb: Any, tabl
     response = client.get("/health")
 
     assert response.status_code == 200
-    assert response.json == {
+    answer = dict(response.json or {})
+    loaded_at = answer.pop("model_loaded_at")
+    assert answer == {
         "status": "ok",
         "model_loaded": True,
         "cache_size": 3,
         "model_name": "test-model.pkl",
         "stream_features": fakes.FEATURES,
+        "model_sha256": "",  # built in memory: no file, no hash, no version
+        "model_version": "",
     }
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", loaded_at)
+
+
+def test_health_names_the_version_served(settings: Any, model_dict: Any) -> None:
+    model = replace(validate_model(model_dict, "m.pkl", "ab" * 32), version="3HL4kq", loaded_at=1e9)
+    answer = create_app(settings, model).test_client().get("/health").json or {}
+    assert (answer["model_sha256"], answer["model_version"]) == ("ab" * 32, "3HL4kq")
+    assert answer["model_loaded_at"] == "2001-09-09T01:46:40Z"
 
 
 def test_health_is_503_without_a_model() -> None:

@@ -47,6 +47,11 @@ def test_local_model_path_takes_precedence(monkeypatch: pytest.MonkeyPatch) -> N
         ("AWS_REGION", "us east 1"),
         ("HOST", "0.0.0.0:8000"),
         ("HOST", "::1]"),
+        ("MODEL_POLL_SECONDS", "-1"),
+        ("MODEL_RELOAD_TIMEOUT_SECONDS", "0"),
+        ("MODEL_SAMPLE_REQUEST", "{not json"),
+        ("MODEL_SAMPLE_REQUEST", '{"streams": []}'),
+        ("MODEL_SAMPLE_REQUEST", '{"streams": [{"url": "a"}]}'),
     ],
 )
 def test_bad_value_names_the_variable(
