@@ -13,10 +13,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from config import SettingsError, load_settings
+from config import SettingsError, running_settings
 
 try:
-    settings = load_settings()
+    # At a reload (SIGHUP) a bad value keeps the running settings, with one error line.
+    settings = running_settings.load()
 except SettingsError as exc:
     sys.exit(f"scorer: cannot start: {exc}")
 
@@ -24,7 +25,7 @@ except SettingsError as exc:
 wsgi_app = "wsgi:app"
 
 # --- socket -----------------------------------------------------------------------------
-bind = [f"{settings.host}:{settings.port}"]
+bind = [settings.bind]
 backlog = 2048
 control_socket_disable = True  # no runtime control socket: operators signal the master instead
 
@@ -74,11 +75,38 @@ def when_ready(server: Any) -> None:
 
 
 def post_fork(server: Any, worker: Any) -> None:
-    """Create the worker's DynamoDB client, fetch pool and feature cache after fork."""
+    """Create the worker's DynamoDB client, fetch pool, feature cache and model poll after fork."""
     from scorer.worker import init_worker
 
     worker.head_timeout = settings.head_timeout_seconds
-    init_worker(worker.app.wsgi())
+    # DrainingThreadWorker.retire; a worker class given with -k has none (see scorer/watchdog.py).
+    init_worker(
+        worker.app.wsgi(),
+        getattr(worker, "retire", None),
+        master_pid=worker.ppid,
+        is_alive=lambda: bool(worker.alive),
+    )
+
+
+def on_reload(server: Any) -> None:
+    """Swap in a new model version (SIGHUP, by hand or from the poll) before new workers fork."""
+    if not server.cfg.preload_app:
+        return  # each new worker imports wsgi.py, and so loads the model, itself
+    try:
+        from scorer.reload import reload_model
+
+        reload_model(server.app.wsgi())
+    except BaseException as exc:  # anything escaping a hook stops the master: keep serving
+        server.log.error("model reload failed, keeping the current model: %r", exc)
+
+
+def on_exit(server: Any) -> None:
+    """Remove the run directory the model reloads and the poll share."""
+    reloader = (
+        server.app.wsgi().extensions.get("scorer.reloader") if server.cfg.preload_app else None
+    )
+    if reloader is not None:
+        reloader.close()
 
 
 def child_exit(server: Any, worker: Any) -> None:

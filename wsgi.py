@@ -12,6 +12,7 @@ from config import SettingsError, load_settings
 from scorer import create_app
 from scorer.logs import configure_logging
 from scorer.model import ModelError, load_model
+from scorer.reload import ModelReloader
 from scorer.store import StoreConfigError, check_region
 
 APP_LOAD_ERROR = 4
@@ -22,10 +23,14 @@ try:
     configure_logging(settings.log_level)
     model = load_model(settings)
     if model.stream_features:
-        check_region()
+        check_region(settings)
 except (SettingsError, ModelError, StoreConfigError) as exc:
     # One line an operator can act on, instead of a traceback from inside gunicorn.
     print(f"scorer: cannot start: {exc}", file=sys.stderr, flush=True)
     raise SystemExit(APP_LOAD_ERROR) from None
 
 app = create_app(settings, model)
+# SIGHUP (by hand, or from the poll) swaps the model in this process: see scorer/reload.py.
+# Only the app's Scorer may hold the model, or a reload could not free the old one.
+del model
+app.extensions["scorer.reloader"] = ModelReloader(app.extensions["scorer"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import sys
 import timeit
@@ -29,6 +30,7 @@ from examples import model as example
 from scorer import create_app
 from scorer.cache import Entry
 from scorer.codec import encode
+from scorer.logs import FORMAT, ClientText, RecordFormatter
 from scorer.model import build_model
 from scorer.payload import parse_score_request
 
@@ -55,10 +57,33 @@ def measure() -> dict[str, float]:
     request = parse_score_request(body, settings.max_streams)
     scorer.fetcher.enrich(request.streams, model.stream_features)
     per_url = Counter(urls)
+    # The same streams again with list values (16 numbers each), which each stream gets a copy of.
+    list_urls = [f"https://streams.example.com/vod/{n}" for n in range(STREAMS)]
+    scorer.fetcher.cache.put_many(
+        ((url, name), Entry([float(i) for i in range(16)], 1e9))
+        for url in list_urls
+        for name in model.stream_features
+    )
+
+    def enrich_lists() -> None:
+        streams = [{"streamUrl": url} for url in list_urls]
+        scorer.fetcher.enrich(streams, model.stream_features)
 
     def run_model() -> None:
         rows = model.preprocess(request.user, request.streams, request.playlist, model.params)
         encode(model.predict(rows, model.params))
+
+    # The sampled request log (LOGS_FRACTION of requests) as the handler formats it.
+    record = logging.LogRecord(
+        "scorer.scoring",
+        logging.INFO,
+        __file__,
+        0,
+        "user %s streams: %s",
+        (ClientText("u"), ClientText(request.streams)),
+        None,
+    )
+    formatter = RecordFormatter(FORMAT)
 
     def wsgi() -> None:
         environ = {
@@ -75,7 +100,11 @@ def measure() -> dict[str, float]:
         "feature lookup (90 keys, warm)": best_us(
             lambda: scorer.fetcher.lookup(per_url, model.stream_features)
         ),
+        "feature enrich (90 lists of 16 numbers, warm)": best_us(enrich_lists),
         "example model: preprocess, predict, encode": best_us(run_model),
+        "sampled request log line (format only; 1% of requests)": best_us(
+            lambda: formatter.format(record)
+        ),
         "whole POST /score through WSGI (no HTTP)": best_us(wsgi),
     }
 

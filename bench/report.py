@@ -150,6 +150,18 @@ def goals(results: dict[str, Any]) -> list[list[Any]]:
         )
         value = s6_ours.get("100", {}).get("reads_per_unique_key")
         rows.append(goal("S6 DynamoDB reads per unique key (ours, 100 streams)", value, 2.0, False))
+    if "s7" in sc:
+        s7 = sc["s7"]
+        errors = s7["switch"]["all"]["errors"] + s7["switch"]["all"]["failed_windows"]
+        rows.append(goal("S7 errors and non-2xx through a reload under load", errors, 0, False))
+        rows.append(
+            goal(
+                "S7 PSS 4 workers after a reload / 1 worker",
+                s7["memory"]["ratio_after_over_w1"],
+                1.2,
+                False,
+            )
+        )
     return rows
 
 
@@ -404,6 +416,85 @@ def scenario_sections(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def reload_lines(s7: dict[str, Any]) -> list[str]:
+    """Render s7: a new model version published under the S1 load."""
+    switch, memory = s7["switch"], s7["memory"]
+    first_new = fmt(switch["switch_s"]["first_new_worker"])
+    last_old = fmt(switch["switch_s"]["last_old_worker_gone"])
+    lines = [
+        "## S7: a new model version published under the S1 load",
+        "",
+        f"Ours, 2 workers, `MODEL_POLL_SECONDS={s7['poll_seconds']}`, the S1 workload in"
+        f" back-to-back wrk windows of {switch['window_s']:g} s; the model is published again"
+        " to its key in a versioned bucket (a new version) after the steady windows. The first"
+        f" new worker answered {first_new} s after the upload; the last old worker was gone"
+        f" after {last_old} s"
+        " (the poll period, the check subprocess, the swap, the old workers' drain).",
+        "",
+    ]
+    phases = [
+        ("steady, before the upload", switch["steady"]),
+        ("from the upload to the first new worker", switch["switching"]),
+        (f"{switch['after']['seconds']:g} s after the switch (cold caches)", switch["after"]),
+        ("every window", switch["all"]),
+    ]
+    rows = [
+        [
+            name,
+            f["windows"],
+            f["requests"],
+            f["errors"],
+            f["p99_ms_median"],
+            f["p99_ms_max"],
+            f["rps_median"],
+        ]
+        for name, f in phases
+    ]
+    lines += table(
+        [
+            "phase",
+            "windows",
+            "requests",
+            "errors + non-2xx",
+            "p99 ms (median window)",
+            "p99 ms (worst window)",
+            "req/s (median window)",
+        ],
+        rows,
+    )
+    pss = memory["pss_mib"]
+    lines += [
+        "p99 after the switch over steady (median windows): "
+        f"{fmt(switch['p99_after_over_steady'])}."
+        " New workers start with empty feature caches: the first requests read DynamoDB again.",
+        "",
+        f"Memory model (as S5), PSS of the whole tree after {memory['requests']} requests,"
+        " the check subprocess included while it runs:",
+        "",
+    ]
+    lines += table(
+        [
+            "1 worker, fresh",
+            "4 workers before the reload",
+            "4 workers, peak during the switch",
+            "4 workers after the reload",
+            "after / 1 worker",
+            "peak / before",
+        ],
+        [
+            [
+                pss["w1_fresh"],
+                pss["w4_before_reload"],
+                pss["w4_peak_during_switch"],
+                pss["w4_after_reload"],
+                memory["ratio_after_over_w1"],
+                memory["peak_over_before"],
+            ]
+        ],
+    )
+    return lines
+
+
 def write_markdown(results: dict[str, Any], path: Path, chart: Path) -> None:
     """Write BENCHMARKS.md."""
     m = results["machine"]
@@ -438,6 +529,8 @@ def write_markdown(results: dict[str, Any], path: Path, chart: Path) -> None:
         "",
     ]
     lines += scenario_sections(results)
+    if "s7" in completed(results):
+        lines += reload_lines(completed(results)["s7"])
     lines += hotpath_lines(results)
     lines += ["## Commands", "", "```"]
     lines += [f"{label}: {cmd}" for label, cmd in results["commands"].items()]

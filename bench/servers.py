@@ -41,6 +41,7 @@ class ServerSpec:
     workers: int = 2
     endpoint: str = ""
     gc_freeze: bool = True
+    extra_env: tuple[tuple[str, str], ...] = ()  # more settings, e.g. MODEL_POLL_SECONDS
 
     @property
     def label(self) -> str:
@@ -68,6 +69,7 @@ def command_for(spec: ServerSpec, port: int) -> tuple[list[str], dict[str, str],
     venv_bin = Path(sys.executable).parent
     if spec.kind == "ours":
         env["GC_FREEZE"] = "true" if spec.gc_freeze else "false"
+        env.update(spec.extra_env)
         return [str(venv_bin / "gunicorn"), "-c", "gunicorn.conf.py"], env, REPO
     if spec.kind == "floor":
         cmd = [

@@ -1,20 +1,43 @@
 """Typed settings for the scoring service, read from the environment and `.env`.
 
 Names match the seed service (`S3_MODEL_PATH`, `FEATURES_TABLE`, `LOGS_FRACTION`, `CACHE_MAXSIZE`)
-so its deployments move over unchanged. AWS region, credentials and endpoints are deliberately
-absent: boto3's standard chain (`AWS_REGION`, `AWS_ENDPOINT_URL`, ...) provides them.
+so its deployments move over unchanged. AWS credentials are deliberately absent: boto3's standard
+chain provides them. The region and endpoints are here because boto3 alone ignores `AWS_REGION`
+and finds a bad endpoint only when a client is built, in every worker, as a traceback.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import re
 from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import AliasChoices, Field, Json, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SAMPLE_REQUEST: dict[str, Any] = {
+    "user": {"userid": "scorer-reload-check"},
+    "streams": [{"streamUrl": "https://example.com/scorer-reload-check"}],
+    "playlist": {},
+}
+"""The request a new model version scores once before it replaces the current one."""
 
 
 class SettingsError(Exception):
     """A setting has a value the service cannot start with."""
+
+
+def is_http_url(url: str) -> bool:
+    """Tell whether botocore can use `url` as an endpoint: http(s), a host, a valid port."""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not a number in 0-65535
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 class Settings(BaseSettings):
@@ -39,6 +62,21 @@ class Settings(BaseSettings):
         default=None, alias="MODEL_SHA256", pattern=r"^[0-9a-fA-F]{64}$"
     )
     """Expected SHA-256 of the model file; a mismatch refuses to start (unpickling runs code)."""
+    model_poll_seconds: float = Field(default=60.0, alias="MODEL_POLL_SECONDS", ge=0)
+    """Seconds between checks of the model's version (S3 HEAD, or mtime+size of a file); 0: off."""
+    model_reload_timeout_seconds: float = Field(
+        default=300.0, alias="MODEL_RELOAD_TIMEOUT_SECONDS", gt=0
+    )
+    """Longest a reload may take to download and check a new version before it is refused."""
+    model_sample_request: Json[dict[str, Any]] = Field(
+        # As text: defaults are validated like the environment's value, which is JSON text.
+        default=json.dumps(DEFAULT_SAMPLE_REQUEST),  # type: ignore[arg-type]
+        alias="MODEL_SAMPLE_REQUEST",
+    )
+    """A `/score` body (JSON) a new version must score before it replaces the current one.
+
+    Its streams reach `preprocess` as they are: give them feature values the model needs.
+    """
 
     # --- features ------------------------------------------------------------------------
     features_table: str = Field(default="features", alias="FEATURES_TABLE", min_length=3)
@@ -47,6 +85,9 @@ class Settings(BaseSettings):
     """Prefix of the partition key: `pk = prefix + streamUrl`."""
     cache_maxsize: int = Field(default=50_000, alias="CACHE_MAXSIZE", ge=0)
     """Feature cache entries per worker (one entry per stream and feature)."""
+    cache_max_bytes: int = Field(default=64 * 1024 * 1024, alias="CACHE_MAX_BYTES", ge=0, lt=2**48)
+    """Estimated bytes the feature cache of one worker may hold; past them, the least recently
+    used streams are evicted even under CACHE_MAXSIZE (clients choose the URLs it is keyed by)."""
     feature_ttl_seconds: float = Field(default=300.0, alias="FEATURE_TTL_SECONDS", gt=0)
     """Cache lifetime of an item that has no `cache_ttl_in_seconds` attribute of its own."""
     absent_ttl_seconds: float = Field(default=30.0, alias="ABSENT_TTL_SECONDS", ge=0)
@@ -66,7 +107,7 @@ class Settings(BaseSettings):
 
     # --- requests ------------------------------------------------------------------------
     logs_fraction: float = Field(default=0.01, alias="LOGS_FRACTION", ge=0, le=1)
-    """Fraction of requests whose user id and enriched streams are logged."""
+    """Fraction of requests whose user id and enriched streams are logged (escaped literals)."""
     max_body_bytes: int = Field(default=1_048_576, alias="MAX_BODY_BYTES", ge=1024)
     """Largest accepted request body; a larger one is refused with 413 from its length."""
     head_timeout_seconds: float = Field(default=5.0, alias="HEAD_TIMEOUT_SECONDS", gt=0)
@@ -76,9 +117,24 @@ class Settings(BaseSettings):
     max_streams: int = Field(default=1000, alias="MAX_STREAMS", ge=1)
     """Most streams in one request; more get 413."""
 
+    # --- AWS (credentials come from boto3's own chain) -----------------------------------
+    aws_region: str | None = Field(
+        default=None,
+        alias="AWS_REGION",
+        validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"),
+        pattern=r"^[a-z0-9-]*$",
+    )
+    """Region of the S3 and DynamoDB clients, else AWS_DEFAULT_REGION, else the profile's."""
+    aws_endpoint_url: str | None = Field(default=None, alias="AWS_ENDPOINT_URL")
+    """Endpoint of every AWS client, for an emulator only: `http(s)://host[:port]`."""
+    aws_endpoint_url_s3: str | None = Field(default=None, alias="AWS_ENDPOINT_URL_S3")
+    """Endpoint of the S3 client (the model download), over AWS_ENDPOINT_URL."""
+    aws_endpoint_url_dynamodb: str | None = Field(default=None, alias="AWS_ENDPOINT_URL_DYNAMODB")
+    """Endpoint of the DynamoDB client (the features), over AWS_ENDPOINT_URL."""
+
     # --- server (read by gunicorn.conf.py) -----------------------------------------------
     host: str = Field(default="0.0.0.0", alias="HOST")
-    """Address to listen on."""
+    """Address to listen on: an IPv4 or IPv6 address (`::` for all) or a host name."""
     port: int = Field(default=8000, alias="PORT", ge=1, le=65535)
     """Port to listen on."""
     web_concurrency: int = Field(default=2, alias="WEB_CONCURRENCY", ge=1, le=64)
@@ -96,6 +152,44 @@ class Settings(BaseSettings):
     )
     """Log level for the service and gunicorn."""
 
+    @field_validator("aws_region")
+    @classmethod
+    def _empty_region_is_unset(cls, region: str | None) -> str | None:
+        return region or None  # then boto3's chain decides, as it would for an empty variable
+
+    @field_validator("aws_endpoint_url", "aws_endpoint_url_s3", "aws_endpoint_url_dynamodb")
+    @classmethod
+    def _check_endpoint(cls, url: str | None) -> str | None:
+        if not url:
+            return None  # an empty variable means unset, as for boto3
+        if not is_http_url(url):
+            raise ValueError(
+                f"must be http(s)://host[:port], e.g. http://localhost:4566, not {url!r}"
+            )
+        return url
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, host: str) -> str:
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        try:
+            return str(ipaddress.ip_address(bare))
+        except ValueError:
+            pass
+        if bare == host and re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", host):
+            return host
+        raise ValueError(f"must be an IP address or a host name, without a port, not {host!r}")
+
+    @field_validator("model_sample_request")
+    @classmethod
+    def _sample_has_streams(cls, value: dict[str, Any]) -> dict[str, Any]:
+        streams = value.get("streams")
+        if not isinstance(streams, list) or not streams:
+            raise ValueError("must be a /score body with at least one stream")
+        if not all(isinstance(s, dict) and isinstance(s.get("streamUrl"), str) for s in streams):
+            raise ValueError("every stream must be an object with a string streamUrl")
+        return value
+
     @model_validator(mode="after")
     def _require_one_model_source(self) -> Settings:
         if self.model_path is None and self.s3_model_path is None:
@@ -107,6 +201,17 @@ class Settings(BaseSettings):
         """Return the model file's name, as `/` and `/health` report it."""
         source = str(self.model_path) if self.model_path is not None else str(self.s3_model_path)
         return source.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def bind(self) -> str:
+        """Return gunicorn's `host:port`, an IPv6 address in brackets (`[::]:8000`)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def endpoint_url(self, service: Literal["s3", "dynamodb"]) -> str | None:
+        """Return one client's endpoint: its service's own setting, else AWS_ENDPOINT_URL."""
+        own = self.aws_endpoint_url_s3 if service == "s3" else self.aws_endpoint_url_dynamodb
+        return own or self.aws_endpoint_url
 
 
 def load_settings() -> Settings:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from datetime import UTC, datetime
 
 from flask import Flask, Response, request
 
@@ -38,7 +39,6 @@ def create_app(
         fetcher_factory = functools.partial(build_fetcher, botocore_data=botocore_data)
     metrics = metrics or Metrics()
     scorer = Scorer(settings, model, metrics, fetcher_factory)
-    scorer.publish_model_info()
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -67,6 +67,9 @@ def create_app(
                 "cache_size": scorer.cache_size,
                 "model_name": scorer.model.name,
                 "stream_features": list(scorer.model.stream_features),
+                "model_sha256": scorer.model.sha256,
+                "model_version": scorer.model.version,
+                "model_loaded_at": iso_utc(scorer.model.loaded_at),
             }
         )
 
@@ -84,12 +87,18 @@ def create_app(
         return scorer.model.name if scorer.model is not None else settings.model_name
 
     # /score, every method of it, bypasses Flask's per-request machinery (scorer/fastpath.py).
-    watchdog = Watchdog(timeout=settings.timeout, grace=settings.timeout)
+    watchdog = Watchdog(settings.timeout, metrics)
     app.extensions["scorer.watchdog"] = watchdog
+    routes = frozenset(rule.rule for rule in app.url_map.iter_rules())
     app.wsgi_app = ScoreEndpoint(  # type: ignore[method-assign]
-        app.wsgi_app, scorer, metrics, settings.max_body_bytes, watchdog
+        app.wsgi_app, scorer, metrics, settings.max_body_bytes, watchdog, routes
     )
     return app
+
+
+def iso_utc(timestamp: float) -> str:
+    """Return a Unix time as ISO 8601 in UTC, to the second: `2026-11-27T09:13:00Z`."""
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _json(value: object) -> Response:

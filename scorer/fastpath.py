@@ -123,9 +123,11 @@ class ScoreEndpoint:
         metrics: Metrics,
         max_body_bytes: int,
         watchdog: Watchdog,
+        routes: frozenset[str],
     ) -> None:
         self._app = app
         self._watchdog = watchdog
+        self._routes = routes  # the wrapped app's paths, to label a 504 of one of them
         self._scorer = scorer
         self._metrics = metrics
         self._limit = max_body_bytes
@@ -137,11 +139,12 @@ class ScoreEndpoint:
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") == SCORE_PATH:
+        path = environ.get("PATH_INFO", "")
+        if path == SCORE_PATH:
             if environ.get("REQUEST_METHOD") == "POST":
                 return self._score(environ, start_response)
             return self._other_method(environ, start_response)
-        token = self._watchdog.begin(environ)
+        token = self._watchdog.begin(environ, path if path in self._routes else UNMATCHED)
         try:
             return self._app(environ, start_response)
         finally:
@@ -174,16 +177,17 @@ class ScoreEndpoint:
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
         started = time.perf_counter()
+        answered = False  # by the watchdog, which has counted it then
         try:
             body = read_body(environ, self._limit, self._body_timeout)
             # Timed from here: a slow client is bounded by the body timeout, not the watchdog.
-            token = self._watchdog.begin(environ)
+            token = self._watchdog.begin(environ, SCORE_PATH, timed=True)
             try:
                 request = parse_score_request(body, self._max_streams)
                 query = query_params(environ.get("QUERY_STRING", ""))
                 output = self._scorer.score(request, query)
             finally:
-                self._watchdog.end(token)
+                answered = self._watchdog.end(token)
             status = 200
         except ScorerError as exc:
             status, output = exc.status, exc.json()
@@ -194,6 +198,7 @@ class ScoreEndpoint:
             _REASONS[status],
             [("Content-Type", "application/json"), ("Content-Length", str(len(output)))],
         )
-        self._count[status].inc()
-        self._metrics.request_duration.observe(time.perf_counter() - started)
+        if not answered:  # else its client has its 504, and this answer goes nowhere
+            self._count[status].inc()
+            self._metrics.request_duration.observe(time.perf_counter() - started)
         return [output]

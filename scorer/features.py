@@ -14,13 +14,26 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, Future, wait
 from typing import Any
 
-from scorer.cache import ABSENT, Entry, FeatureCache, FeatureKey
+from scorer.cache import ABSENT, Copier, Entry, FeatureCache, FeatureKey, Fresh, copier
 from scorer.metrics import Metrics
 from scorer.store import MAX_BATCH_KEYS, FeatureStore, is_valid_key
 
 logger = logging.getLogger(__name__)
 
 Chunk = list[FeatureKey]
+Read = Future[dict[FeatureKey, Entry]]
+"""One BatchGetItem chunk in flight: its entries, once read."""
+Waits = dict[Read, list[FeatureKey]]
+"""The reads a request waits on, with the keys it wants from each."""
+Shared = dict[str, tuple[tuple[str, Copier], ...]]
+"""By url, the features found whose values are lists or maps, and how to copy each."""
+
+
+def drop_client_values(stream: dict[str, Any], names: Sequence[str]) -> None:
+    """Remove what a client sent under the features' names (its streamUrl stays, whatever)."""
+    for name in names:
+        if name != "streamUrl":
+            stream.pop(name, None)
 
 
 class FeatureFetcher:
@@ -44,82 +57,140 @@ class FeatureFetcher:
         self._prefix = stream_pk_prefix
         self._timeout = timeout
         self._clock = clock
-        self._inflight: dict[FeatureKey, Future[dict[FeatureKey, Entry]]] = {}
+        self._inflight: dict[FeatureKey, Read] = {}
 
     def enrich(self, streams: Sequence[dict[str, Any]], names: Sequence[str]) -> bool:
-        """Set every known feature on every stream (duplicates included); True if degraded."""
+        """Set every known feature on every stream (duplicates included); True if degraded.
+
+        The store is a feature's only source: what a client sent under a feature's name is
+        dropped, so the model sees the same input whether the store had the feature, did not,
+        or failed. Each stream gets its own copy of a list or map value: a model that changes
+        one in place changes it for no other stream, request or cache entry.
+        """
         if not names or not streams:
             return False
-        found, degraded = self.lookup(Counter(stream["streamUrl"] for stream in streams), names)
+        per_url = Counter(stream["streamUrl"] for stream in streams)
+        found, shared, degraded = self.lookup(per_url, names)
+        every = len(names)
         for stream in streams:
-            values = found.get(stream["streamUrl"])
+            url = stream["streamUrl"]
+            values = found.get(url)
+            if values is None or len(values) < every:  # else every name is overwritten
+                drop_client_values(stream, names)
             if values:
                 stream.update(values)
+                if shared:
+                    for name, copy in shared.get(url, ()):
+                        if name in values:
+                            stream[name] = copy(values[name])
         return degraded
 
     def lookup(
         self, per_url: Mapping[str, int], names: Sequence[str]
-    ) -> tuple[dict[str, dict[str, Any]], bool]:
-        """Return the values found per url and name, and whether any could not be read.
+    ) -> tuple[dict[str, dict[str, Any]], Shared, bool]:
+        """Return the values found per url and name, the shared ones, and if any fell short.
 
-        `per_url` says how many streams share each url, so every stream-feature lookup is
-        counted exactly once, as a hit or a miss.
+        Values are the cache's own: those named in `shared` (lists and maps) must be copied
+        before anyone may change them. `per_url` says how many streams share each url, so
+        every stream-feature lookup is counted exactly once, as a hit or a miss.
         """
         deadline = self._clock() + self._timeout
-        found: dict[str, dict[str, Any]] = {}
-        waits: dict[Future[dict[FeatureKey, Entry]], list[FeatureKey]] = {}
-        hits = absent_hits = fetched = coalesced = invalid = 0
-        get = self.cache.get_unlocked
-        inflight = self._inflight
+        waits: Waits = {}
+        shared: Shared = {}
+        fetched = coalesced = invalid = 0
+        # One lock for all three steps: a key found missing is claimed before another thread
+        # can find it missing too, so concurrent misses of a key share one read.
         with self.cache.lock:
-            now = self.cache.clock()
-            owned: Chunk = []
-            for url, count in per_url.items():
-                cached = get(url)
-                values: dict[str, Any] = {}
-                for name in names:
-                    entry = cached.get(name) if cached is not None else None
-                    if entry is not None and entry.expires > now:
-                        if entry.value is ABSENT:
-                            absent_hits += count
-                        else:
-                            hits += count
-                            values[name] = entry.value
-                        continue
-                    key = (url, name)
-                    if (future := inflight.get(key)) is not None:
-                        waits.setdefault(future, []).append(key)
-                        coalesced += count
-                    elif is_valid_key(key, self._prefix):
-                        owned.append(key)
-                        fetched += count
-                    else:
-                        invalid += count
-                if values:
-                    found[url] = values
-            for start in range(0, len(owned), MAX_BATCH_KEYS):
-                chunk = owned[start : start + MAX_BATCH_KEYS]
-                future = Future()
-                for key in chunk:
-                    inflight[key] = future
-                waits[future] = chunk
-                try:
-                    self._pool.submit(self._fetch_chunk, chunk, deadline, future)
-                except RuntimeError as exc:  # no thread to be had, or shutting down
-                    for key in chunk:
-                        del inflight[key]
-                    future.set_exception(exc)
+            found, missing, hits, absent_hits = self._read_cache(per_url, names, shared)
+            if missing:
+                owned, fetched, coalesced, invalid = self._join_or_claim(missing, waits)
+                self._start_reads(owned, deadline, waits)
         self._count(hits, absent_hits, fetched, coalesced, invalid)
         if not waits:
-            return found, False
-        return found, self._collect(waits, deadline, found)
+            return found, shared, False
+        return found, shared, self._collect(waits, deadline, found, shared)
+
+    def _read_cache(
+        self, per_url: Mapping[str, int], names: Sequence[str], shared: Shared
+    ) -> tuple[dict[str, dict[str, Any]], list[tuple[FeatureKey, int]], int, int]:
+        """Return the live cached values, the keys missing (with their stream counts), hits.
+
+        The caller holds the cache lock. A key cached as absent is a hit with no value.
+        The list and map values found are added to `shared`.
+        """
+        found: dict[str, dict[str, Any]] = {}
+        missing: list[tuple[FeatureKey, int]] = []
+        hits = absent_hits = 0
+        get = self.cache.get_unlocked
+        now = self.cache.clock()
+        for url, count in per_url.items():
+            cached = get(url)
+            if cached is None:
+                missing.extend([((url, name), count) for name in names])
+                continue
+            values: dict[str, Any] = {}
+            for name in names:
+                entry = cached.get(name)
+                if entry is not None and entry.expires > now:
+                    if entry.value is ABSENT:
+                        absent_hits += count
+                    else:
+                        hits += count
+                        values[name] = entry.value
+                    continue
+                missing.append(((url, name), count))
+            if values:
+                found[url] = values
+                if cached.mutable:
+                    shared[url] = cached.mutable  # expired ones included: enrich skips them
+        return found, missing, hits, absent_hits
+
+    def _join_or_claim(
+        self, missing: list[tuple[FeatureKey, int]], waits: Waits
+    ) -> tuple[Chunk, int, int, int]:
+        """Wait on reads in flight for the keys they cover; claim the rest to read ourselves.
+
+        The caller holds the cache lock. Returns the keys claimed and the lookups fetched,
+        coalesced and invalid (a key DynamoDB would refuse is never sent).
+        """
+        owned: Chunk = []
+        fetched = coalesced = invalid = 0
+        inflight = self._inflight
+        for key, count in missing:
+            if (future := inflight.get(key)) is not None:
+                waits.setdefault(future, []).append(key)
+                coalesced += count
+            elif is_valid_key(key, self._prefix):
+                owned.append(key)
+                fetched += count
+            else:
+                invalid += count
+        return owned, fetched, coalesced, invalid
+
+    def _start_reads(self, owned: Chunk, deadline: float, waits: Waits) -> None:
+        """Register the claimed keys as in flight, in chunks of one BatchGetItem, and read them.
+
+        The caller holds the cache lock. A chunk the pool refuses fails at once, and its keys
+        are released so the next request tries them again instead of waiting in vain.
+        """
+        inflight = self._inflight
+        for start in range(0, len(owned), MAX_BATCH_KEYS):
+            chunk = owned[start : start + MAX_BATCH_KEYS]
+            future: Read = Future()
+            for key in chunk:
+                inflight[key] = future
+            waits[future] = chunk
+            try:
+                self._pool.submit(self._fetch_chunk, chunk, deadline, future)
+            except RuntimeError as exc:  # no thread to be had, or shutting down
+                for key in chunk:
+                    del inflight[key]
+                future.set_exception(exc)
 
     def _collect(
-        self,
-        waits: dict[Future[dict[FeatureKey, Entry]], list[FeatureKey]],
-        deadline: float,
-        found: dict[str, dict[str, Any]],
+        self, waits: Waits, deadline: float, found: dict[str, dict[str, Any]], shared: Shared
     ) -> bool:
+        """Add what the reads found by the deadline to `found`; return True if any fell short."""
         done, not_done = wait(waits, timeout=max(0.0, deadline - self._clock()))
         reasons: set[str] = set()
         if not_done:
@@ -135,36 +206,39 @@ class FeatureFetcher:
                     reasons.add("unprocessed")
                 elif entry.value is not ABSENT:
                     found.setdefault(key[0], {})[key[1]] = entry.value
+                    if (copy := copier(entry.value)) is not None:  # the cache holds it too
+                        shared[key[0]] = (*shared.get(key[0], ()), (key[1], copy))
         for reason in reasons:
             self._metrics.degraded_requests.labels(reason).inc()
         if reasons:
             logger.warning("scored without some features: %s", ", ".join(sorted(reasons)))
         return bool(reasons)
 
-    def _fetch_chunk(
-        self, chunk: Chunk, deadline: float, future: Future[dict[FeatureKey, Entry]]
-    ) -> None:
+    def _fetch_chunk(self, chunk: Chunk, deadline: float, future: Read) -> None:
         entries: dict[FeatureKey, Entry] = {}
+        fresh: Fresh = {}
         error: BaseException | None = None
         try:
             if self._clock() >= deadline:
                 raise TimeoutError("feature budget spent before the read started")
             entries = self._store.fetch_chunk(chunk, deadline)
+            fresh = self.cache.stamp(entries.items())  # sized before taking the lock
         except Exception as exc:  # any store failure degrades the requests waiting on it
             logger.warning("feature read of %d keys failed: %r", len(chunk), exc)
             error = exc
         finally:
             with self.cache.lock:
-                self.cache.put_many_unlocked(entries.items())
+                self.cache.store_unlocked(fresh)
                 for key in chunk:
                     if self._inflight.get(key) is future:
                         del self._inflight[key]
-                size = self.cache.size_unlocked()
+                size, nbytes = self.cache.size_unlocked(), self.cache.bytes_unlocked()
             if error is None:
                 future.set_result(entries)
             else:
                 future.set_exception(error)
         self._metrics.cache_entries.set(size)
+        self._metrics.cache_bytes.set(nbytes)
 
     def _count(
         self, hits: int, absent_hits: int, fetched: int, coalesced: int, invalid: int

@@ -72,6 +72,12 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.cache_bytes = Gauge(
+            "scorer_feature_cache_bytes",
+            "Estimated bytes held by the feature caches of all live workers.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.dynamodb_duration = Histogram(
             "scorer_dynamodb_request_duration_seconds",
             "Latency of one BatchGetItem call, retries by botocore included.",
@@ -101,9 +107,28 @@ class Metrics:
         self.model_info = Gauge(
             "scorer_model_info",
             "The model this service scores with (value 1).",
-            ["name", "sha256", "stream_features"],
+            ["name", "sha256", "stream_features", "version"],
             registry=r,
-            multiprocess_mode="liveall",
+            # One series per model over all live workers (liveall would add one per pid).
+            multiprocess_mode="livemax",
+        )
+        self.model_reloads = Counter(
+            "scorer_model_reloads",
+            "Attempts to swap in a new model version (failure: refused, the current one kept).",
+            ["result"],
+            registry=r,
+        )
+        self.model_loaded = Gauge(
+            "scorer_model_loaded_timestamp_seconds",
+            "Unix time the model now served was loaded (at start or by the last reload).",
+            registry=r,
+            # Set by the master only; the workers' zeros go with them (live*), max is the master's.
+            multiprocess_mode="livemax",
+        )
+        self.model_poll_errors = Counter(
+            "scorer_model_poll_errors",
+            "Checks of the model's version that failed (retried the next period).",
+            registry=r,
         )
         # Hot-path children resolved once: .labels() costs a lock and a dict lookup each call.
         self.stage = {stage: self.stage_duration.labels(stage) for stage in STAGES}
@@ -112,6 +137,9 @@ class Metrics:
         self.misses_fetched = self.cache_misses.labels("fetched")
         self.misses_coalesced = self.cache_misses.labels("coalesced")
         self.misses_invalid = self.cache_misses.labels("invalid")
+        # Both results exist from the start, so a dashboard shows 0 rather than no data.
+        self.reloads_succeeded = self.model_reloads.labels("success")
+        self.reloads_failed = self.model_reloads.labels("failure")
 
     def render(self) -> tuple[bytes, str]:
         """Return the exposition text of all workers, with the derived hit ratio."""

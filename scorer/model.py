@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-import boto3
 import cloudpickle
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
 
 from config import Settings
+from scorer.source import SourceError, source_for
 
 logger = logging.getLogger(__name__)
 
@@ -36,35 +35,8 @@ class Model:
     params: Any = field(default_factory=dict)
     stream_features: tuple[str, ...] = ()
     sha256: str = ""
-
-
-def read_model_bytes(settings: Settings) -> bytes:
-    """Return the model file's bytes from MODEL_PATH or S3_MODEL_PATH."""
-    if settings.model_path is not None:
-        try:
-            return settings.model_path.read_bytes()
-        except OSError as exc:
-            raise ModelError(
-                f"cannot read MODEL_PATH {settings.model_path}: {exc.strerror}"
-            ) from None
-    assert settings.s3_model_path is not None  # Settings requires one of the two
-    bucket, key = settings.s3_model_path.removeprefix("s3://").split("/", 1)
-    try:
-        # Bounded waits: an S3 that accepts but never answers must fail start-up in about 30 s,
-        # not after botocore's default 60 s read timeout, three times over.
-        config = Config(
-            connect_timeout=5,
-            read_timeout=10,  # between two reads, not for the whole (possibly large) file
-            retries={"mode": "standard", "total_max_attempts": 3},
-        )
-        body = boto3.client("s3", config=config).get_object(Bucket=bucket, Key=key)["Body"]
-        data: bytes = body.read()
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "error")
-        raise ModelError(f"cannot download {settings.s3_model_path}: {code}") from None
-    except BotoCoreError as exc:
-        raise ModelError(f"cannot download {settings.s3_model_path}: {exc}") from None
-    return data
+    version: str = ""  # S3 VersionId or ETag; for MODEL_PATH, mtime (ns) and size
+    loaded_at: float = field(default_factory=time.time)  # Unix time this process unpickled it
 
 
 def build_model(data: bytes, name: str, expected_sha256: str | None = None) -> Model:
@@ -91,31 +63,55 @@ def validate_model(raw: object, name: str, digest: str = "") -> Model:
         if not callable(raw[key]):
             raise ModelError(f"model {name}: '{key}' is not callable")
     params = raw.get("params")
-    features = raw.get("stream_features") or []
-    if isinstance(features, str) or not all(isinstance(f, str) for f in features):
-        raise ModelError(f"model {name}: 'stream_features' must be a list of strings")
     return Model(
         name=name,
         preprocess=raw["preprocess"],
         predict=raw["predict"],
         params={} if params is None else params,
-        stream_features=tuple(dict.fromkeys(features)),
+        stream_features=feature_names(raw.get("stream_features"), name),
         sha256=digest,
     )
 
 
+COLLECTIONS = (list, tuple, set, frozenset)
+"""What `stream_features` may be (after a numpy array's `tolist()`); never a str, never a dict."""
+
+
+def feature_names(features: object, name: str) -> tuple[str, ...]:
+    """Return `stream_features` as distinct plain strings, from a list, tuple, set or numpy array.
+
+    Never by truth value: a numpy array of more than one name has none (it raises).
+    """
+    if features is None:
+        return ()
+    try:
+        if callable(getattr(features, "tolist", None)):  # numpy: numpy.str_ items become str
+            features = features.tolist()  # type: ignore[attr-defined]
+        if isinstance(features, COLLECTIONS) and all(isinstance(f, str) for f in features):
+            return tuple(dict.fromkeys(str(f) for f in features))
+    except Exception:  # an unpickled object can raise anything from tolist() or iteration
+        pass
+    raise ModelError(f"model {name}: 'stream_features' must be a list of strings")
+
+
 def load_model(settings: Settings) -> Model:
     """Fetch, verify, unpickle and validate the configured model."""
-    data = read_model_bytes(settings)
-    model = build_model(data, settings.model_name, settings.model_sha256)
+    try:
+        data, version = source_for(settings).fetch()
+    except SourceError as exc:
+        raise ModelError(str(exc)) from None
+    model = replace(
+        build_model(data, settings.model_name, settings.model_sha256), version=version.label
+    )
     logger.info(
-        "loaded model %s (%d bytes, sha256 %s, features %s)",
+        "loaded model %s (%d bytes, sha256 %s, version %s, features %s)",
         model.name,
         len(data),
         model.sha256[:12],
+        model.version,
         list(model.stream_features),
     )
     return model
 
 
-__all__ = ["Model", "ModelError", "build_model", "load_model", "validate_model"]
+__all__ = ["Model", "ModelError", "build_model", "feature_names", "load_model", "validate_model"]

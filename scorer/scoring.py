@@ -18,6 +18,7 @@ from config import Settings
 from scorer.codec import encode
 from scorer.errors import ModelFailed, ModelNotLoaded, NoModelOutput
 from scorer.features import FeatureFetcher
+from scorer.logs import ClientText
 from scorer.metrics import Metrics
 from scorer.model import Model
 from scorer.payload import ScoreRequest
@@ -59,10 +60,11 @@ class Scorer:
         self._init_lock = threading.Lock()
 
     def init_worker(self) -> None:
-        """Create this process's DynamoDB client, pool and cache (call after fork).
+        """Publish the model info, create the DynamoDB client, pool and cache (after fork).
 
         A model that reads no features needs none of them, nor any AWS configuration.
         """
+        self.publish_model_info()
         if self.model is None or not self.model.stream_features:
             return
         with self._init_lock:
@@ -72,10 +74,14 @@ class Scorer:
                 logger.info("worker %d: feature store client and cache ready", self._fetcher_pid)
 
     def publish_model_info(self) -> None:
-        """Set the model info gauge for this process."""
+        """Set the model info gauge for this process.
+
+        In workers only: a series set by the master would stay until the master exits. The
+        gauge is `livemax`: live workers' equal series merge into one, an exited worker's goes.
+        """
         if self.model is not None:
             model = self.model
-            labels = (model.name, model.sha256, ",".join(model.stream_features))
+            labels = (model.name, model.sha256, ",".join(model.stream_features), model.version)
             self.metrics.model_info.labels(*labels).set(1)
 
     @property
@@ -103,7 +109,8 @@ class Scorer:
         if model.stream_features:
             self.fetcher.enrich(request.streams, model.stream_features)
         if self.settings.logs_fraction and random.random() < self.settings.logs_fraction:
-            logger.info("user %s streams: %s", request.user.get("userid", ""), request.streams)
+            userid = ClientText(request.user.get("userid", ""))
+            logger.info("user %s streams: %s", userid, ClientText(request.streams))
         params = model.params
         if isinstance(params, Mapping):
             # A per-request copy: the shared params are read by every thread and never written.

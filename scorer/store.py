@@ -75,9 +75,9 @@ class StoreConfigError(Exception):
     """boto3 cannot build a DynamoDB client from this environment."""
 
 
-def check_region() -> None:
-    """Fail at start-up, in the master, if boto3's chain gives no region for the client."""
-    if boto3.session.Session().region_name is None:
+def check_region(settings: Settings) -> None:
+    """Fail at start-up, in the master, if neither the settings nor a profile give a region."""
+    if settings.aws_region is None and boto3.session.Session().region_name is None:
         raise StoreConfigError("no AWS region: set AWS_REGION or AWS_DEFAULT_REGION")
 
 
@@ -110,7 +110,12 @@ def make_client(settings: Settings, max_pool_connections: int, botocore_data: An
         retries={"mode": "standard", "total_max_attempts": 1},
         tcp_keepalive=True,
     )
-    return session.client("dynamodb", config=config)
+    return session.client(
+        "dynamodb",
+        config=config,
+        region_name=settings.aws_region,  # None: boto3's chain (a profile's region)
+        endpoint_url=settings.endpoint_url("dynamodb"),
+    )
 
 
 def is_retryable(exc: Exception) -> bool:
@@ -245,5 +250,6 @@ class FeatureStore:
                 # As in the seed service, zero or a negative number means "use the default".
                 ttl = float(raw_ttl) if float(raw_ttl) > 0 else ttl
             except ValueError:
-                logger.warning("ignoring cache_ttl_in_seconds %r of %s", raw_ttl, item["pk"]["S"])
+                # %r: the key holds a client's stream URL, escaped so it cannot start a log line.
+                logger.warning("ignoring cache_ttl_in_seconds %r of %r", raw_ttl, item["pk"]["S"])
         return Entry(value, ttl)

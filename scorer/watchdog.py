@@ -2,8 +2,9 @@
 
 gunicorn's own timeout does not see a stuck request under gthread: the worker's main loop keeps
 reporting alive while one pool thread is lost inside a model's `predict`. Python cannot stop
-that thread, so the watchdog answers its client with a 504 on the raw socket, lets the worker's
-other requests finish (SIGTERM: gunicorn's graceful stop), and then ends the process.
+that thread, so the watchdog answers its client with a 504 on the raw socket, counts it, and
+has the worker retire: `DrainingThreadWorker.retire` stops accepting, finishes every other
+connection it accepted (gunicorn's graceful stop, bounded by `graceful_timeout`), then exits.
 """
 
 from __future__ import annotations
@@ -22,8 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scorer.errors import detail_json
+from scorer.metrics import Metrics
 
 logger = logging.getLogger(__name__)
+
+Retire = Callable[[socket.socket | None], None]
+"""Retire this worker, without waiting for the stuck request on the given socket."""
 
 
 @dataclass(slots=True)
@@ -31,6 +36,8 @@ class _InFlight:
     started: float
     thread: int
     sock: socket.socket | None
+    endpoint: str
+    timed: bool
     answered: bool = field(default=False)
 
 
@@ -48,7 +55,12 @@ def answer_timeout(sock: socket.socket, timeout: float) -> None:
         logger.info("could not answer a timed-out request: %s", exc)
 
 
-def _terminate_self() -> None:
+def terminate_self(sock: socket.socket | None) -> None:
+    """Retire by gunicorn's plain graceful stop, for a worker class without `retire`.
+
+    Its drain waits for the stuck connection until `graceful_timeout`, and the master's
+    timeout then ends the process, which cannot exit with the stuck thread on its own.
+    """
     os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -58,37 +70,45 @@ class Watchdog:
     def __init__(
         self,
         timeout: float,
-        grace: float,
+        metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
-        terminate: Callable[[], None] = _terminate_self,
-        exit_process: Callable[[int], Any] = os._exit,
+        retire: Retire = terminate_self,
     ) -> None:
         self.timeout = timeout
-        self._grace = grace
+        self._metrics = metrics
         self._clock = clock
-        self._terminate = terminate
-        self._exit = exit_process
+        self._retire = retire
         self._lock = threading.Lock()
         self._inflight: dict[int, _InFlight] = {}
         self._tokens = itertools.count()
-        self._retire_by: float | None = None
         self._thread: threading.Thread | None = None
 
-    def begin(self, environ: dict[str, Any]) -> int:
-        """Record a request starting; return the token to pass to `end`."""
-        entry = _InFlight(self._clock(), threading.get_ident(), environ.get("gunicorn.socket"))
+    def begin(self, environ: dict[str, Any], endpoint: str, *, timed: bool = False) -> int:
+        """Record a request starting; return the token to pass to `end`.
+
+        `endpoint` labels its 504 in `scorer_requests_total`; a `timed` one is also observed in
+        `scorer_request_duration_seconds`.
+        """
+        sock = environ.get("gunicorn.socket")
+        entry = _InFlight(self._clock(), threading.get_ident(), sock, endpoint, timed)
         with self._lock:
             token = next(self._tokens)
             self._inflight[token] = entry
         return token
 
-    def end(self, token: int) -> None:
-        """Record a request finishing."""
+    def end(self, token: int) -> bool:
+        """Record a request finishing; tell whether the watchdog answered (and counted) it."""
         with self._lock:
-            self._inflight.pop(token, None)
+            entry = self._inflight.pop(token, None)
+        return entry is not None and entry.answered
 
-    def start(self) -> None:
-        """Start watching, in a daemon thread of this process (call after fork)."""
+    def start(self, retire: Retire | None = None) -> None:
+        """Start watching, in a daemon thread of this process (call after fork).
+
+        `retire` is how this worker retires (default: SIGTERM to itself).
+        """
+        if retire is not None:
+            self._retire = retire
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
             self._thread.start()
@@ -100,7 +120,7 @@ class Watchdog:
             self.check()
 
     def check(self) -> None:
-        """Answer newly stuck requests; exit once only stuck ones are left or grace ran out."""
+        """Answer and count newly stuck requests, and have the worker retire around them."""
         now = self._clock()
         with self._lock:
             stuck = [
@@ -110,11 +130,15 @@ class Watchdog:
             ]
             for entry in stuck:
                 entry.answered = True
-                # Still under the lock: the request cannot end (and gunicorn cannot send its own
-                # response) until this 504 is written and the socket shut.
+                # Still under the lock: the request cannot end (nor gunicorn send its own
+                # response) before this 504 is written and counted, and the worker hears of the
+                # connection before the connection can finish (DrainingThreadWorker.retire).
                 if entry.sock is not None:
                     answer_timeout(entry.sock, self.timeout)
-            others = sum(1 for entry in self._inflight.values() if not entry.answered)
+                self._metrics.requests.labels(entry.endpoint, "504").inc()
+                if entry.timed:
+                    self._metrics.request_duration.observe(now - entry.started)
+                self._retire(entry.sock)
         for entry in stuck:
             frame = sys._current_frames().get(entry.thread)
             where = "".join(traceback.format_stack(frame)) if frame is not None else "unknown"
@@ -123,10 +147,3 @@ class Watchdog:
                 now - entry.started,
                 where,
             )
-        if stuck and self._retire_by is None:
-            self._retire_by = now + self._grace
-            self._terminate()  # gunicorn stops accepting and lets the others finish
-        if self._retire_by is not None and (others == 0 or now >= self._retire_by):
-            logger.error("worker %d exits: a stuck request cannot be stopped", os.getpid())
-            logging.shutdown()
-            self._exit(1)

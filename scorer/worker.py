@@ -6,6 +6,8 @@ master they would be shared by every worker's sockets and threads that no longer
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -15,8 +17,12 @@ from config import Settings
 from scorer.cache import FeatureCache
 from scorer.features import FeatureFetcher
 from scorer.metrics import Metrics
+from scorer.poller import ModelPoller
+from scorer.reload import ModelReloader
 from scorer.scoring import Scorer
+from scorer.source import source_for
 from scorer.store import FeatureStore, make_client
+from scorer.watchdog import Retire
 
 
 def build_fetcher(
@@ -26,7 +32,7 @@ def build_fetcher(
     pool_size = settings.fetch_threads
     client = make_client(settings, max(pool_size, settings.threads), botocore_data)
     return FeatureFetcher(
-        FeatureCache(settings.cache_maxsize),
+        FeatureCache(settings.cache_maxsize, settings.cache_max_bytes),
         FeatureStore(client, settings, metrics),
         ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="features"),
         metrics,
@@ -35,9 +41,30 @@ def build_fetcher(
     )
 
 
-def init_worker(app: Flask) -> None:
-    """Create the worker's per-process resources; gunicorn's post_fork hook calls this."""
+def init_worker(
+    app: Flask,
+    retire: Retire | None = None,
+    *,
+    master_pid: int | None = None,
+    is_alive: Callable[[], bool] = lambda: True,
+) -> None:
+    """Create the worker's per-process resources; gunicorn's post_fork hook calls this.
+
+    `retire` is how the watchdog retires this worker around a stuck request.
+    """
     scorer: Scorer = app.extensions["scorer"]
     scorer.init_worker()
-    scorer.publish_model_info()  # a multiprocess gauge set in the master reads 0 after fork
-    app.extensions["scorer.watchdog"].start()
+    app.extensions["scorer.watchdog"].start(retire)
+    reloader: ModelReloader | None = app.extensions.get("scorer.reloader")
+    settings = scorer.settings
+    if reloader is not None and scorer.model is not None and settings.model_poll_seconds > 0:
+        source = source_for(settings, connect_timeout=2, read_timeout=5, attempts=1)
+        ModelPoller(
+            source,
+            settings.model_poll_seconds,
+            reloader.run_dir,
+            scorer.model.version,
+            scorer.metrics,
+            master_pid=os.getppid() if master_pid is None else master_pid,
+            is_alive=is_alive,
+        ).start()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import time
+import types
 from typing import Any
 
 import cloudpickle
@@ -26,6 +29,37 @@ def echo_predict(model_input: dict[str, Any], params: Any) -> dict[str, Any]:
         "query_params": params.get("query_params") if isinstance(params, dict) else None,
         "user": model_input["user"],
     }
+
+
+def echo_or_refuse_predict(model_input: dict[str, Any], params: Any) -> dict[str, Any]:
+    """Echo, unless the user asks to be refused: then raise naming the user's id, as models do."""
+    user = model_input["user"]
+    if user.get("refuse"):
+        raise ValueError(f"cannot score user {user.get('userid')}")
+    return echo_predict(model_input, params)
+
+
+def mutating_preprocess(user: Any, streams: Any, playlist: Any, params: Any) -> dict[str, Any]:
+    """Change each stream's list and map features in place, as a careless model may."""
+    for stream in streams:
+        stream["tags"].append("seen")
+        stream["info"]["n"] += 1
+        stream["info"]["nested"].append(0)
+    return {"streams": streams}
+
+
+def features_predict(model_input: dict[str, Any], params: Any) -> dict[str, Any]:
+    """Return the features each stream ended up with."""
+    return {"streams": [{n: s.get(n) for n in params["features"]} for s in model_input["streams"]]}
+
+
+def troubled_predict(model_input: dict[str, Any], params: Any) -> dict[str, Any]:
+    """Echo, except: raise for a stream "boom", never return for user "hang"."""
+    if model_input["user"].get("userid") == "hang":
+        time.sleep(3600)
+    if any(s["streamUrl"] == "boom" for s in model_input["streams"]):
+        raise RuntimeError("boom")
+    return echo_predict(model_input, params)
 
 
 def failing_predict(model_input: Any, params: Any) -> Any:
@@ -56,3 +90,31 @@ def pickle_by_value(obj: Any) -> bytes:
         return bytes(cloudpickle.dumps(obj))
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+def tag_predict(model_input: dict[str, Any], params: Any) -> dict[str, Any]:
+    """Say which model answered (its params' `tag`) in which worker, to tell versions apart."""
+    return {"model": params["tag"], "pid": os.getpid(), "streams": len(model_input["streams"])}
+
+
+def tagged_model(tag: str, **overrides: Any) -> dict[str, Any]:
+    """Return a model that reads no features and answers with its tag."""
+    return echo_model([], **{"predict": tag_predict, "params": {"tag": tag}, **overrides})
+
+
+def pickle_needing_module(module_name: str) -> bytes:
+    """Pickle a model whose predict lives in a module that nothing else has installed."""
+    module = types.ModuleType(module_name)
+    exec("def predict(model_input, params):\n    return {'model': 'unreachable'}\n", vars(module))
+    sys.modules[module_name] = module  # so cloudpickle refers to it by name, as to a package
+    try:
+        return pickle_by_value({"preprocess": echo_preprocess, "predict": module.predict})
+    finally:
+        del sys.modules[module_name]
+
+
+class Knot:
+    """An object in a reference cycle: only the cyclic collector can free it."""
+
+    def __init__(self) -> None:
+        self.me = self

@@ -62,11 +62,14 @@ def gunicorn_env(emulator_port: int, **values: str) -> dict[str, str]:
     return env
 
 
-def run_gunicorn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def run_gunicorn(env: dict[str, str], log: Path, cwd: Path = ROOT) -> subprocess.Popen[bytes]:
+    """Start `gunicorn -c gunicorn.conf.py`, in `cwd` (where `.env` is read), importing ROOT."""
+    if cwd != ROOT:
+        env = {**env, "PYTHONPATH": str(ROOT)}
     with log.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
-            cwd=ROOT,
+            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py")],
+            cwd=cwd,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -94,10 +97,10 @@ def wait_until(condition: Callable[[], bool], seconds: float) -> bool:
     return condition()
 
 
-def start_service(env: dict[str, str], tmp: Path, workers: int = 2) -> Server:
+def start_service(env: dict[str, str], tmp: Path, workers: int = 2, cwd: Path = ROOT) -> Server:
     """Start gunicorn and wait until it answers /health and all its workers run."""
     log = tmp / "gunicorn.log"
-    process = run_gunicorn(env, log)
+    process = run_gunicorn(env, log, cwd)
     server = Server(process, int(env["PORT"]), log, Path(env["PROMETHEUS_MULTIPROC_DIR"]))
 
     def healthy() -> bool:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pytest
 from flask.testing import FlaskClient
 
+from examples.local_stack import put_features
 from scorer import create_app
 from scorer.fastpath import SCORE_PATH
 from scorer.model import validate_model
@@ -34,13 +37,25 @@ def test_health_reports_model_and_cache(client: FlaskClient, dynamodb: Any, tabl
     response = client.get("/health")
 
     assert response.status_code == 200
-    assert response.json == {
+    answer = dict(response.json or {})
+    loaded_at = answer.pop("model_loaded_at")
+    assert answer == {
         "status": "ok",
         "model_loaded": True,
         "cache_size": 3,
         "model_name": "test-model.pkl",
         "stream_features": fakes.FEATURES,
+        "model_sha256": "",  # built in memory: no file, no hash, no version
+        "model_version": "",
     }
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", loaded_at)
+
+
+def test_health_names_the_version_served(settings: Any, model_dict: Any) -> None:
+    model = replace(validate_model(model_dict, "m.pkl", "ab" * 32), version="3HL4kq", loaded_at=1e9)
+    answer = create_app(settings, model).test_client().get("/health").json or {}
+    assert (answer["model_sha256"], answer["model_version"]) == ("ab" * 32, "3HL4kq")
+    assert answer["model_loaded_at"] == "2001-09-09T01:46:40Z"
 
 
 def test_health_is_503_without_a_model() -> None:
@@ -65,6 +80,32 @@ def test_score_enriches_streams_and_passes_query_params(
         "f3": "https://b|f3",
     }
     assert response.json["query_params"] == {"variant": "b"}
+
+
+def test_a_model_changing_list_and_map_features_in_place_changes_them_for_no_one_else(
+    settings: Any, dynamodb: Any, table: str
+) -> None:
+    put_features(
+        dynamodb,
+        table,
+        [
+            ("https://a", "tags", {"value": {"L": [{"S": "live"}]}}),
+            ("https://a", "info", {"value": {"M": {"n": {"N": "1"}, "nested": {"L": []}}}}),
+        ],
+    )
+    model = fakes.echo_model(
+        ["tags", "info"], preprocess=fakes.mutating_preprocess, predict=fakes.features_predict
+    )
+    app = create_app(settings, validate_model(model, "m.pkl"))
+    app.extensions["scorer"].init_worker()
+    client = app.test_client()
+
+    cold = client.post("/score", json=body("https://a", "https://a")).json  # read from the store
+    warm = [client.post("/score", json=body("https://a")).json for _ in range(2)]  # the cache
+
+    changed_once = {"tags": ["live", "seen"], "info": {"n": 2.0, "nested": [0]}}
+    assert cold["streams"] == [changed_once, changed_once]  # duplicates too: a copy each
+    assert [response["streams"] for response in warm] == [[changed_once]] * 2
 
 
 def test_query_params_never_leak_into_the_shared_params(client: FlaskClient) -> None:

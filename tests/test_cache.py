@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
+from collections.abc import Callable
+
+import pytest
+
 from scorer.cache import ABSENT, Entry, FeatureCache
 
 
@@ -56,3 +62,68 @@ def test_zero_size_cache_stores_nothing() -> None:
     cache.put_many([(("a", "f"), Entry(1, 9))])
     assert live(cache, "a") == {}
     assert len(cache) == 0
+
+
+MiB = 1024 * 1024
+
+
+def long_url(n: int) -> str:
+    return f"https://streams.example.com/{n:08d}/" + "x" * 2000
+
+
+@pytest.mark.parametrize(
+    "make_value",
+    [
+        lambda n: ABSENT,
+        lambda n: float(n),
+        lambda n: f"text {n}" * 20,
+        lambda n: [float(n + i) for i in range(16)],
+        lambda n: {"a": float(n), "b": [f"x{n}", True, None]},
+    ],
+    ids=["absent", "float", "string", "list", "map"],
+)
+def test_long_urls_fill_the_cache_only_up_to_its_byte_bound(
+    make_value: Callable[[int], object],
+) -> None:
+    cache = FeatureCache(50_000, max_bytes=MiB, clock=Clock())
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for start in range(0, 2000, 100):  # 2,000 unknown streams, as chunks of one read
+            cache.put_many(
+                [((long_url(n), "f"), Entry(make_value(n), 30)) for n in range(start, start + 100)]
+            )
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+
+    assert 250 < len(cache) < 2000  # unbounded, 2,000 such streams take 5 MiB or more
+    assert cache.bytes <= MiB
+    assert held <= 1.1 * MiB  # the estimate bounds what the entries really take...
+    assert 0.9 < held / cache.bytes < 1.1  # ...within 10%
+    assert live(cache, long_url(1999)) == {"f": make_value(1999)}  # the oldest went first
+    assert live(cache, long_url(0)) == {}
+
+
+def test_a_stream_larger_than_the_byte_bound_is_not_cached() -> None:
+    cache = FeatureCache(100, max_bytes=4096, clock=Clock())
+    cache.put_many([(("small", "f"), Entry(1.0, 9))])
+    cache.put_many([(("big", "f"), Entry("x" * 5000, 9))])
+    assert live(cache, "big") == {}
+    assert live(cache, "small") == {"f": 1.0}  # and nothing was evicted to make room for it
+
+
+def test_byte_estimate_follows_values_in_and_out() -> None:
+    clock = Clock()
+    cache = FeatureCache(100, max_bytes=MiB, clock=clock)
+    cache.put_many([(("u", "short"), Entry("x" * 10_000, 5)), (("u", "long"), Entry(1.0, 50))])
+    with_text = cache.bytes
+    assert 10_000 < with_text < 11_000
+    clock.now = 6
+    cache.put_many([(("v", "f"), Entry(1.0, 50))])  # "u" keeps only its live feature
+    cache.put_many([(("u", "other"), Entry(2.0, 50))])
+    assert cache.bytes < with_text - 9_000
+    clock.now = 100  # everything expired: each stream is dropped when next asked for
+    assert live(cache, "u") == live(cache, "v") == {}
+    assert (len(cache), cache.bytes) == (0, 0)

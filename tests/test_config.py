@@ -38,6 +38,20 @@ def test_local_model_path_takes_precedence(monkeypatch: pytest.MonkeyPatch) -> N
         ("S3_MODEL_PATH", "bucket/key"),
         ("MODEL_SHA256", "abc"),
         ("GC_FREEZE", "maybe"),
+        ("AWS_ENDPOINT_URL", "localhost:4566"),
+        ("AWS_ENDPOINT_URL", "127.0.0.1"),
+        ("AWS_ENDPOINT_URL_S3", "ftp://127.0.0.1:4566"),
+        ("AWS_ENDPOINT_URL_S3", "http://"),
+        ("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:port"),
+        ("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:99999"),
+        ("AWS_REGION", "us east 1"),
+        ("HOST", "0.0.0.0:8000"),
+        ("HOST", "::1]"),
+        ("MODEL_POLL_SECONDS", "-1"),
+        ("MODEL_RELOAD_TIMEOUT_SECONDS", "0"),
+        ("MODEL_SAMPLE_REQUEST", "{not json"),
+        ("MODEL_SAMPLE_REQUEST", '{"streams": []}'),
+        ("MODEL_SAMPLE_REQUEST", '{"streams": [{"url": "a"}]}'),
     ],
 )
 def test_bad_value_names_the_variable(
@@ -46,6 +60,54 @@ def test_bad_value_names_the_variable(
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError, match=rf"^invalid settings: {name}: "):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:4566", "https://dynamodb.eu-west-1.amazonaws.com", "http://[::1]:9000"],
+)
+def test_endpoint_urls_with_a_scheme_and_host_are_accepted(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", url)
+    assert load_settings().aws_endpoint_url_dynamodb == url
+
+
+@pytest.mark.parametrize(
+    ("env", "region"),
+    [
+        ({"AWS_REGION": "eu-west-2"}, "eu-west-2"),
+        ({"AWS_DEFAULT_REGION": "eu-west-3"}, "eu-west-3"),
+        ({"AWS_REGION": "eu-west-2", "AWS_DEFAULT_REGION": "eu-west-3"}, "eu-west-2"),
+        ({}, None),
+        ({"AWS_REGION": ""}, None),
+    ],
+)
+def test_region_is_read_from_aws_region_then_aws_default_region(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], region: str | None
+) -> None:
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings().aws_region == region
+
+
+@pytest.mark.parametrize(
+    ("host", "bind"),
+    [
+        ("0.0.0.0", "0.0.0.0:8000"),
+        ("localhost", "localhost:8000"),
+        ("::", "[::]:8000"),
+        ("::1", "[::1]:8000"),
+        ("[::1]", "[::1]:8000"),
+    ],
+)
+def test_bind_puts_ipv6_addresses_in_brackets(
+    monkeypatch: pytest.MonkeyPatch, host: str, bind: str
+) -> None:
+    monkeypatch.setenv("HOST", host)
+    assert load_settings().bind == bind
 
 
 def test_no_model_source_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,6 +121,25 @@ def test_env_file_is_read(tmp_path: object) -> None:
 
     pathlib.Path(".env").write_text("FEATURES_TABLE=from-dotenv\n")
     assert load_settings().features_table == "from-dotenv"
+
+
+def test_bad_value_at_a_reload_keeps_the_running_settings_with_one_error(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from config import RunningSettings
+
+    running = RunningSettings()
+    monkeypatch.setenv("TIMEOUT", "never")
+    with pytest.raises(SettingsError, match="TIMEOUT"):
+        running.load()  # the first start has nothing to keep
+
+    monkeypatch.setenv("TIMEOUT", "12")
+    assert running.load().timeout == 12
+    monkeypatch.setenv("TIMEOUT", "never")
+    assert running.load().timeout == 12
+    assert [(r.levelname, "TIMEOUT" in r.getMessage()) for r in caplog.records] == [("ERROR", True)]
+    monkeypatch.setenv("TIMEOUT", "13")
+    assert running.load().timeout == 13
 
 
 def test_readme_documents_every_setting() -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from examples.local_stack import aws_client, create_features_table, free_port, upload_model
@@ -270,7 +271,14 @@ def test_slow_store_costs_features_not_latency(faults: Stack) -> None:
 # --- start-up ------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "case",
-    ["s3 unreachable", "missing key", "corrupt bytes", "no predict", "sha256 mismatch"],
+    [
+        "s3 unreachable",
+        "missing key",
+        "corrupt bytes",
+        "no predict",
+        "sha256 mismatch",
+        "features not strings",
+    ],
 )
 def test_unusable_model_stops_start_up_with_one_line(
     case: str, emulator: int, tmp_path: Path
@@ -281,6 +289,10 @@ def test_unusable_model_stops_start_up_with_one_line(
     data = {
         "corrupt bytes": good[: len(good) // 2],
         "no predict": fakes.pickle_by_value({"preprocess": fakes.echo_preprocess}),
+        # A 2-D array: its truth value is ambiguous, which used to escape as a ValueError.
+        "features not strings": fakes.pickle_by_value(
+            fakes.echo_model(stream_features=np.array([["f1", "f2"], ["f3", "f4"]]))
+        ),
     }.get(case, good)
     path = upload_model(s3, bucket, "ranker.pkl", data)
     values = {"S3_MODEL_PATH": path}
@@ -291,6 +303,7 @@ def test_unusable_model_stops_start_up_with_one_line(
         "no predict": "model ranker.pkl has no 'predict'",
         "sha256 mismatch": f"model ranker.pkl has sha256 {hashlib.sha256(good).hexdigest()}, "
         f"MODEL_SHA256 expects {'0' * 64}",
+        "features not strings": "model ranker.pkl: 'stream_features' must be a list of strings",
     }[case]
     if case == "s3 unreachable":
         values["AWS_ENDPOINT_URL_S3"] = f"http://127.0.0.1:{free_port()}"  # nothing listens
@@ -309,3 +322,40 @@ def test_unusable_model_stops_start_up_with_one_line(
     assert len(lines) == 1 and expected in lines[0], output
     assert "Traceback" not in output
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("AWS_ENDPOINT_URL", "localhost:4566"),  # no scheme
+        ("AWS_ENDPOINT_URL_S3", "ftp://127.0.0.1:4566"),
+        ("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:port"),
+    ],
+)
+def test_unusable_endpoint_stops_start_up_with_one_line(
+    name: str, value: str, emulator: int, tmp_path: Path
+) -> None:
+    # A model that reads features, so each endpoint would be used: S3 by the master, DynamoDB
+    # by every worker (which, unchecked, failed each with a traceback).
+    path = upload_model(
+        aws_client("s3", emulator),
+        "endpoint-" + name.lower().replace("_", "-"),
+        "ranker.pkl",
+        fakes.pickle_by_value(fakes.echo_model()),
+    )
+    env = gunicorn_env(emulator, PORT=str(free_port()), S3_MODEL_PATH=path, **{name: value})
+    log = tmp_path / "log"
+
+    process = run_gunicorn(env, log)
+    try:
+        status = process.wait(60)
+    finally:
+        if process.poll() is None:  # it started after all: stop it, the test has failed
+            process.kill()
+            process.wait(10)
+
+    output = log.read_text()
+    lines = [line for line in output.splitlines() if line.startswith("scorer: cannot start: ")]
+    assert status != 0
+    assert len(lines) == 1 and f"invalid settings: {name}: " in lines[0], output
+    assert "Traceback" not in output

@@ -69,6 +69,20 @@ def test_sixty_streams_get_all_180_features_and_warm_request_reads_nothing(
     assert sample(metrics, "scorer_feature_cache_hits_total", kind="value") == 180
 
 
+def test_cache_gauges_report_the_entries_and_bytes_held(
+    dynamodb: Any, table: str, metrics: Metrics
+) -> None:
+    seed_features(dynamodb, table, ["https://a", "https://b"], NAMES)
+    fetcher = make_fetcher(make_settings(FEATURES_TABLE=table), metrics)
+
+    fetcher.enrich(streams_for(["https://a", "https://b", "https://unknown"]), NAMES)
+
+    assert sample(metrics, "scorer_feature_cache_entries") == len(fetcher.cache) == 9
+    held = sample(metrics, "scorer_feature_cache_bytes")
+    assert held == fetcher.cache.bytes
+    assert 3 * 400 < held < 3 * 2000  # three streams of three small features
+
+
 def test_duplicate_streams_all_get_features(dynamodb: Any, table: str, metrics: Metrics) -> None:
     seed_features(dynamodb, table, ["https://a", "https://b"], NAMES)
     fetcher = make_fetcher(make_settings(FEATURES_TABLE=table), metrics)
@@ -195,6 +209,52 @@ def test_unreachable_store_degrades_instead_of_failing(metrics: Metrics) -> None
     assert streams == [{"streamUrl": "https://a"}]
     assert sample(metrics, "scorer_degraded_requests_total", reason="error") == 1
     assert fetcher.cache.size_unlocked() == 0  # a failure is not cached as "absent"
+
+
+def test_client_values_named_like_features_never_reach_the_model(
+    dynamodb: Any, table: str, metrics: Metrics
+) -> None:
+    seed_features(dynamodb, table, ["https://known"], ["f1"])  # f2 and f3: not in the table
+    fetcher = make_fetcher(make_settings(FEATURES_TABLE=table), metrics)
+
+    def sent() -> list[dict[str, Any]]:
+        return [
+            {"streamUrl": "https://known", "f1": "client", "f2": "client", "tag": "kept"},
+            {"streamUrl": "https://unknown", "f1": "client", "tag": "kept"},
+            {"streamUrl": "https://" + "x" * 3000, "f3": "client"},  # never looked up
+        ]
+
+    for _ in range(2):  # read from the store, then from the cache
+        streams = sent()
+        fetcher.enrich(streams, NAMES)
+        assert streams == [
+            {"streamUrl": "https://known", "f1": "https://known|f1", "tag": "kept"},
+            {"streamUrl": "https://unknown", "tag": "kept"},
+            {"streamUrl": "https://" + "x" * 3000},
+        ]
+
+
+def test_client_values_named_like_features_are_dropped_when_the_store_fails(
+    metrics: Metrics,
+) -> None:
+    settings = make_settings(FEATURES_TABLE="features", DYNAMODB_MAX_ATTEMPTS=1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens on discard
+        fetcher = make_fetcher(settings, metrics)
+    streams = [{"streamUrl": "https://a", "f1": "client", "tag": "kept"}]
+
+    assert fetcher.enrich(streams, NAMES) is True
+
+    assert streams == [{"streamUrl": "https://a", "tag": "kept"}]
+
+
+def test_a_feature_named_streamurl_never_drops_the_stream_url(metrics: Metrics) -> None:
+    fetcher = make_fetcher(make_settings(FEATURES_TABLE="features"), metrics, pool=RefusingPool())
+    streams = streams_for(["https://a"])
+
+    fetcher.enrich(streams, ["streamUrl", "f1"])
+
+    assert streams == [{"streamUrl": "https://a"}]
 
 
 class RefusingPool:

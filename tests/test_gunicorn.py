@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import select
+import signal
 import socket
 import threading
 import time
@@ -17,6 +19,7 @@ import pytest
 from prometheus_client.mmap_dict import MmapedDict
 
 from examples.local_stack import (
+    REGION,
     aws_client,
     create_features_table,
     free_port,
@@ -25,7 +28,15 @@ from examples.local_stack import (
 )
 from tests import fakes
 from tests.conftest import counter_total, sample_value, seed_features
-from tests.servers import Server, gunicorn_env, run_gunicorn, wait_until
+from tests.servers import (
+    Server,
+    gunicorn_env,
+    run_gunicorn,
+    start_service,
+    stop_service,
+    wait_until,
+    worker_pids,
+)
 
 NAMES = fakes.FEATURES
 
@@ -214,8 +225,12 @@ def test_bad_setting_stops_start_up_naming_the_variable(tmp_path: Path, emulator
 
     status = run_gunicorn(env, log).wait(timeout=30)
 
+    output = log.read_text()
+    lines = [line for line in output.splitlines() if "LOGS_FRACTION" in line]
     assert status != 0
-    assert "scorer: cannot start: invalid settings: LOGS_FRACTION" in log.read_text()
+    assert len(lines) == 1, output
+    assert lines[0].startswith("scorer: cannot start: invalid settings: LOGS_FRACTION")
+    assert "Traceback" not in output
 
 
 def test_missing_region_stops_start_up_in_the_master(tmp_path: Path, emulator: int) -> None:
@@ -231,6 +246,128 @@ def test_missing_region_stops_start_up_in_the_master(tmp_path: Path, emulator: i
 
     assert status != 0
     assert "scorer: cannot start: no AWS region" in log.read_text()
+
+
+@pytest.mark.parametrize("variable", ["AWS_REGION", "AWS_DEFAULT_REGION"])
+def test_either_region_variable_alone_serves_a_features_model(
+    variable: str, tmp_path: Path, emulator: int, dynamodb: Any, table: str
+) -> None:
+    # botocore itself reads only AWS_DEFAULT_REGION; the README promises both.
+    urls = [f"https://region/{variable}/{n}" for n in range(3)]
+    seed_features(dynamodb, table, urls, NAMES)
+    bucket = "region-" + variable.lower().replace("_", "-")
+    model = upload_model(
+        aws_client("s3", emulator), bucket, "m.pkl", fakes.pickle_by_value(fakes.echo_model())
+    )
+    env = gunicorn_env(
+        emulator,
+        PORT=str(free_port()),
+        S3_MODEL_PATH=model,
+        FEATURES_TABLE=table,
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
+        AWS_CONFIG_FILE=str(tmp_path / "none"),  # no region from a profile either
+    )
+    env.pop("AWS_REGION")
+    env.pop("AWS_DEFAULT_REGION")
+    env[variable] = REGION  # moto keeps tables per region: features prove the region was used
+
+    server = start_service(env, tmp_path)
+    try:
+        status, body = server.post("/score", streams(*urls))
+    finally:
+        stop_service(server)
+
+    assert status == 200
+    for stream in body["streams"]:
+        assert {n: stream[n] for n in NAMES} == {n: f"{stream['streamUrl']}|{n}" for n in NAMES}
+
+
+def ipv6_loopback_works() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback_works(), reason="no IPv6 loopback on this machine")
+def test_ipv6_host_is_bound_and_serves(tmp_path: Path, emulator: int) -> None:
+    model = tmp_path / "m.pkl"
+    model.write_bytes(fakes.pickle_by_value(fakes.echo_model(features=[])))
+    port = free_port()
+    env = gunicorn_env(
+        emulator,
+        HOST="::1",  # loopback; HOST=:: is bound the same way, as [::]:port
+        PORT=str(port),
+        # One worker: healthy then means every worker has its signal handlers, so the stop
+        # below cannot catch one still booting (which would then wait out graceful_timeout).
+        WEB_CONCURRENCY="1",
+        MODEL_PATH=str(model),
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
+    )
+    log = tmp_path / "log"
+    process = run_gunicorn(env, log)
+
+    def health() -> int:
+        if process.poll() is not None:
+            raise AssertionError("gunicorn exited:\n" + log.read_text())
+        try:
+            with urllib.request.urlopen(f"http://[::1]:{port}/health", timeout=1) as response:
+                return int(response.status)
+        except OSError:
+            return 0
+
+    try:
+        assert wait_until(lambda: health() == 200, 30), log.read_text()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert f"Listening at: http://[::1]:{port}" in log.read_text()
+
+
+def test_bad_setting_at_sighup_keeps_the_running_settings_with_one_line(
+    tmp_path: Path, emulator: int
+) -> None:
+    # gunicorn runs gunicorn.conf.py again on SIGHUP, which reads `.env` again: from its own
+    # directory here, so the test never writes into the repository.
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    dotenv = cwd / ".env"
+    dotenv.write_text("TIMEOUT=30\n")
+    model = tmp_path / "m.pkl"
+    model.write_bytes(fakes.pickle_by_value(fakes.echo_model(features=[])))
+    env = gunicorn_env(
+        emulator,
+        PORT=str(free_port()),
+        MODEL_PATH=str(model),
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
+    )
+    server = start_service(env, tmp_path, cwd=cwd)
+    master = server.process.pid
+    try:
+        before = worker_pids(master)
+        dotenv.write_text("TIMEOUT=never\n")
+        os.kill(master, signal.SIGHUP)
+
+        # A reload replaces the workers; the master dying ends the wait early.
+        def reloaded() -> bool:
+            pids = worker_pids(master)
+            return server.process.poll() is not None or (len(pids) == 2 and not pids & before)
+
+        assert wait_until(reloaded, 60), server.log.read_text()
+        alive = server.process.poll() is None
+        status = server.post("/score", streams("https://sighup/1"))[0] if alive else None
+    finally:
+        stop_service(server)
+
+    output = server.log.read_text()
+    assert alive, output
+    assert status == 200
+    lines = [line for line in output.splitlines() if "TIMEOUT" in line]
+    assert len(lines) == 1, output
+    assert "[ERROR]" in lines[0] and "keeping the running settings" in lines[0]
+    assert "Traceback" not in output
 
 
 def test_chunked_request_body_is_scored(server: Server) -> None:
@@ -436,8 +573,9 @@ def test_malformed_chunked_body_is_a_400(server: Server) -> None:
     assert b"malformed request body" in answer
 
 
-def test_model_info_is_published_by_every_worker(server: Server) -> None:
+def test_model_info_is_one_series_over_all_workers(server: Server) -> None:
     text = server.metrics()
     samples = [line for line in text.splitlines() if line.startswith("scorer_model_info{")]
-    assert len(samples) >= 3  # the master and both workers
-    assert all(line.endswith(" 1.0") for line in samples)
+    assert len(samples) == 1, samples  # no pid label, nothing from the master
+    assert samples[0].startswith('scorer_model_info{name="echo.pkl",')
+    assert samples[0].endswith(" 1.0")

@@ -8,6 +8,7 @@ import pickle
 from pathlib import Path
 
 import cloudpickle
+import numpy as np
 import pytest
 
 from examples.local_stack import aws_client, upload_model
@@ -46,11 +47,26 @@ def test_params_default_to_empty_dict() -> None:
             cloudpickle.dumps(fakes.echo_model(stream_features="f1")),
             "'stream_features' must be a list of strings",
         ),
+        (
+            cloudpickle.dumps(fakes.echo_model(stream_features=np.array([["f1"], ["f2"]]))),
+            "'stream_features' must be a list of strings",
+        ),
+        (
+            cloudpickle.dumps(fakes.echo_model(stream_features=np.array([1, 2]))),
+            "'stream_features' must be a list of strings",
+        ),
     ],
 )
 def test_broken_models_are_refused_with_the_cause(data: bytes, message: str) -> None:
     with pytest.raises(ModelError, match=message.replace("(", r"\(")):
         build_model(data, "m.pkl")
+
+
+def test_stream_features_may_be_a_tuple_or_a_numpy_array_of_strings() -> None:
+    for features in (("f1", "f2"), np.array(["f1", "f2"])):
+        model = build_model(cloudpickle.dumps(fakes.echo_model(stream_features=features)), "m.pkl")
+        assert model.stream_features == ("f1", "f2")
+        assert all(type(name) is str for name in model.stream_features)  # not numpy.str_
 
 
 def test_sha256_mismatch_is_refused_before_unpickling() -> None:

@@ -10,13 +10,17 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
+import select
 import signal
+import socket
 import sys
 import threading
 import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ import cloudpickle
 import pytest
 
 from examples.local_stack import EMULATOR_ENV, free_port
+from tests.conftest import sample_value
 from tests.servers import Server, gunicorn_env, start_service, stop_service, wait_until, worker_pids
 
 CLIENT_THREADS = 4
@@ -37,12 +42,24 @@ def slow_preprocess(user: Any, streams: Any, playlist: Any, params: Any) -> dict
 
 
 def slow_predict(model_input: dict[str, Any], params: Any) -> dict[str, Any]:
-    """Take `user.sleep` seconds (an hour for user "hang") and say which worker scored."""
+    """Take `user.sleep` seconds (an hour for user "hang") and say which worker scored.
+
+    `user.touch` names a file to create on entering predict, `user.until` one to wait for
+    (at most 10 s): the answer's `waited` says whether it appeared.
+    """
     user = model_input["user"]
+    if "touch" in user:
+        Path(user["touch"]).touch()
     if user.get("userid") == "hang":
         time.sleep(3600)
+    output: dict[str, Any] = {"scores": [1.0] * model_input["count"], "pid": os.getpid()}
+    if "until" in user:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(user["until"]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        output["waited"] = os.path.exists(user["until"])
     time.sleep(float(user.get("sleep", 0)))
-    return {"scores": [1.0] * model_input["count"], "pid": os.getpid()}
+    return output
 
 
 def pickle_model() -> bytes:
@@ -122,6 +139,80 @@ class Load:
             thread.join(timeout=60)
 
 
+def score_bytes(user: dict[str, Any]) -> tuple[bytes, bytes]:
+    """Return the head and body of a keep-alive `POST /score` request, as raw bytes."""
+    body = json.dumps({"user": user, "streams": [{"streamUrl": "https://p/1"}]}).encode()
+    head = (
+        "POST /score HTTP/1.1\r\nHost: scorer\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode(), body
+
+
+class RawClient:
+    """One client connection on a raw socket, to tell a complete answer, a clean close and a reset
+    apart (http.client folds the last two into one exception)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self._buffer = b""
+
+    def response(self) -> tuple[str, Any]:
+        """Read one response: ("http 200", body), or ("empty reply"/"truncated"/"reset", None)."""
+        try:
+            while b"\r\n\r\n" not in self._buffer:
+                if not self._receive():
+                    return ("empty reply", None)
+            head, _, rest = self._buffer.partition(b"\r\n\r\n")
+            length = re.search(rb"(?im)^content-length: *(\d+)", head)
+            assert length is not None, head
+            self._buffer = rest
+            while len(self._buffer) < int(length[1]):
+                if not self._receive():
+                    return ("truncated", None)
+            body, self._buffer = self._buffer[: int(length[1])], self._buffer[int(length[1]) :]
+            if re.search(rb"(?im)^connection: *close", head):
+                self.sock.close()  # as HTTP clients do; gunicorn's main loop waits for it
+            return (f"http {int(head.split()[1])}", json.loads(body))
+        except ConnectionResetError:
+            return ("reset", None)
+
+    def exchange(self, user: dict[str, Any]) -> tuple[str, Any]:
+        """Send a request unless the server has closed the connection; read the answer."""
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        if readable:  # an idle connection turns readable only when the server closes it
+            return self.ending()
+        head, body = score_bytes(user)
+        self.sock.sendall(head + body)
+        return self.response()
+
+    def send(self, data: bytes) -> bool:
+        """Send bytes; tell whether the connection took them."""
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            return False
+        return True
+
+    def ending(self) -> tuple[str, Any]:
+        """Wait for the server to end an idle connection: "clean close" (FIN) or "reset"."""
+        try:
+            data = self.sock.recv(1)
+        except ConnectionResetError:
+            return ("reset", None)
+        except TimeoutError:
+            return ("still open", None)
+        return ("clean close", None) if data == b"" else ("unexpected bytes", data)
+
+    def _receive(self) -> bool:
+        chunk = self.sock.recv(65536)
+        self._buffer += chunk
+        return bool(chunk)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def report(case: str, outcomes: list[Outcome], **figures: object) -> None:
     """Print the figures of one run (`pytest -rP` shows them; RELIABILITY.md quotes them)."""
     kinds = Counter(o.kind for o in outcomes)
@@ -149,7 +240,7 @@ def service_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str
 
 @pytest.fixture
 def service(service_env: dict[str, str], tmp_path: Path) -> Iterator[Server]:
-    server = start_service(service_env, tmp_path)
+    server = start_service(service_env, tmp_path, workers=int(service_env["WEB_CONCURRENCY"]))
     yield server
     stop_service(server)
 
@@ -228,3 +319,119 @@ def test_hung_model_gets_504_and_its_worker_is_replaced(service: Server) -> None
     # Other requests, those in flight on the hung request's worker included, were all answered.
     assert len(load.outcomes) >= 10
     assert [o.kind for o in load.outcomes] == ["ok"] * len(load.outcomes)
+
+
+def model_info_series(server: Server) -> list[str]:
+    return [line for line in server.metrics().splitlines() if line.startswith("scorer_model_info{")]
+
+
+@pytest.mark.parametrize("service_env", [{"TIMEOUT": str(HANG_TIMEOUT)}], indirect=True)
+def test_timeout_is_counted_and_the_model_is_one_series(service: Server) -> None:
+    master = service.process.pid
+    before = worker_pids(master)
+    series_before = model_info_series(service)
+
+    hung = score(service.port, {"userid": "hang"}, timeout=HANG_TIMEOUT + 10)
+    replaced = wait_until(
+        lambda: len(worker_pids(master) - before) == 1 and len(worker_pids(master)) == 2, 40
+    )
+    text = service.metrics()
+
+    assert hung.kind == "http 504"
+    assert replaced, f"no worker replaced after the hang: workers {before} -> {worker_pids(master)}"
+    # Counted by the watchdog in the worker it retired, kept by the archive of exited workers.
+    assert sample_value(text, "scorer_requests_total", 'endpoint="/score",status="504"') == 1
+    assert sample_value(text, "scorer_request_duration_seconds_count") == 1
+    # One series for the model over the master and every worker, before and after a worker exits.
+    assert len(series_before) == 1, series_before
+    assert model_info_series(service) == series_before
+
+
+DRAIN_TIMEOUT = 3
+
+
+@pytest.mark.parametrize(
+    "service_env",
+    [
+        {
+            "TIMEOUT": str(DRAIN_TIMEOUT),
+            "WEB_CONCURRENCY": "1",  # every connection below reaches the worker that retires
+            "THREADS": "3",
+            "BODY_TIMEOUT_SECONDS": "20",  # the slow body below is slow on purpose
+        }
+    ],
+    indirect=True,
+)
+def test_retiring_worker_finishes_every_connection_it_accepted(
+    service: Server, tmp_path: Path
+) -> None:
+    """A hung request's 504 retires its worker only after the worker's other connections end.
+
+    Three threads: the hung request holds one for good; a slowly sent body holds the second;
+    a request whose model runs past the hang's detection holds the third; one more request
+    waits for a thread; two kept-alive connections sit idle. Once the 504 arrives, the slow
+    body is sent in full a second later and one idle connection sends another request.
+    """
+    master = service.process.pid
+    before = worker_pids(master)
+    hang_started, released = tmp_path / "hang-started", tmp_path / "released"
+    clients: list[RawClient] = []
+
+    def connect() -> RawClient:
+        clients.append(RawClient(service.port))  # connected in this thread, in this order
+        return clients[-1]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        hung = pool.submit(connect().exchange, {"userid": "hang", "touch": str(hang_started)})
+        assert wait_until(hang_started.exists, 20), "the hung request never reached the model"
+        kept = [connect(), connect()]
+        first_answers = [client.exchange({"userid": "k"}) for client in kept]
+        slow_body = connect()
+        head, body = score_bytes({"userid": "slow body"})
+        slow_body.send(head + body[:10])
+        time.sleep(DRAIN_TIMEOUT / 2)  # so this one is half-way through when the hang is found
+        running = pool.submit(connect().exchange, {"userid": "l", "until": str(released)})
+        time.sleep(0.2)
+        queued = pool.submit(connect().exchange, {"userid": "q"})
+
+        hung_answer = hung.result(timeout=30)
+        answered_at = time.monotonic()
+        released.touch()
+        kept_again = kept[0].exchange({"userid": "k again"})
+        time.sleep(1.0)
+        sent = slow_body.send(body[10:])
+        slow_answer = slow_body.response() if sent else ("reset while sending", None)
+        running_answer, queued_answer = running.result(timeout=30), queued.result(timeout=30)
+        replaced = wait_until(lambda: len(worker_pids(master) - before) == 1, 40)
+        replaced_after = time.monotonic() - answered_at
+        idle_end = kept[1].ending()
+    for client in clients:
+        client.close()
+
+    answers = {
+        "hung": hung_answer[0],
+        "slow body": slow_answer[0],
+        "running": running_answer[0],
+        "queued": queued_answer[0],
+        "kept-alive, sent again": kept_again[0],
+        "kept-alive, idle": idle_end[0],
+    }
+    print(f"retire: {answers} replaced={replaced} {replaced_after:.1f} s after the 504")
+    assert [kind for kind, _ in first_answers] == ["http 200", "http 200"]
+    assert hung_answer == (
+        "http 504",
+        {"detail": f"Model prediction timed out after {DRAIN_TIMEOUT} s"},
+    )
+    assert answers == {
+        "hung": "http 504",
+        "slow body": "http 200",
+        "running": "http 200",
+        "queued": "http 200",
+        "kept-alive, sent again": "http 200",
+        "kept-alive, idle": "clean close",
+    }
+    assert running_answer[1]["waited"], "the running request ended before the hang was found"
+    assert replaced, f"no worker replaced: {before} -> {worker_pids(master)}"
+    assert "exits with 1 stuck request(s)" in service.log.read_text()  # not killed by the master
+    with urllib.request.urlopen(service.url("/health"), timeout=10) as response:
+        assert response.status == 200

@@ -9,7 +9,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError, ParamValid
 
 from scorer.cache import ABSENT
 from scorer.metrics import Metrics
-from scorer.store import FeatureStore, deserialize, is_valid_key
+from scorer.store import FeatureStore, deserialize, is_valid_key, make_client
 from tests.conftest import make_settings, sample
 
 
@@ -163,3 +163,18 @@ def test_connection_errors_are_retried() -> None:
     store, slept = make_store(client)
     store.fetch_chunk([("a", "f"), ("b", "f")], deadline=10.0)
     assert client.calls == [2, -1, -1, -1] and len(slept) == 3  # unprocessed once, then 3 errors
+
+
+def test_client_uses_the_region_and_endpoint_of_the_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # botocore alone would read AWS_DEFAULT_REGION and ignore AWS_REGION.
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("AWS_REGION", "eu-west-2")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:4566")
+    client = make_client(make_settings(), max_pool_connections=1)
+    assert (client.meta.region_name, client.meta.endpoint_url) == (
+        "eu-west-2",
+        "http://127.0.0.1:4566",
+    )

@@ -4,72 +4,66 @@ from __future__ import annotations
 
 import socket
 
+from scorer.metrics import Metrics
 from scorer.watchdog import Watchdog
+from tests.conftest import sample
 
 
 class Recorder:
     def __init__(self) -> None:
         self.now = 0.0
-        self.terminated = 0
-        self.exits: list[int] = []
+        self.retired: list[socket.socket | None] = []
+        self.metrics = Metrics()
 
     def watchdog(self) -> Watchdog:
-        return Watchdog(
-            timeout=2,
-            grace=5,
-            clock=lambda: self.now,
-            terminate=self.terminate,
-            exit_process=self.exits.append,
-        )
+        return Watchdog(2, self.metrics, clock=lambda: self.now, retire=self.retired.append)
 
-    def terminate(self) -> None:
-        self.terminated += 1
+    def count(self, endpoint: str, status: str) -> float:
+        return sample(self.metrics, "scorer_requests_total", endpoint=endpoint, status=status)
 
 
-def test_stuck_request_gets_a_504_and_the_worker_retires_after_the_others() -> None:
+def test_stuck_request_gets_a_counted_504_and_the_worker_retires_around_it() -> None:
     rec = Recorder()
     dog = rec.watchdog()
     server, client = socket.socketpair()
-    sockets = (server, client)
-    stuck = dog.begin({"gunicorn.socket": server})
+    stuck = dog.begin({"gunicorn.socket": server}, "/score", timed=True)
     rec.now = 1.0
-    other = dog.begin({})
+    other = dog.begin({}, "/score", timed=True)
 
     rec.now = 2.5
     dog.check()
-    assert rec.terminated == 1 and rec.exits == []  # the other request is still running
     assert client.recv(1024).startswith(b"HTTP/1.1 504 Gateway Timeout")
+    assert rec.retired == [server]  # not waiting for it; the other one is the worker's to finish
+    assert rec.count("/score", "504") == 1
+    assert sample(rec.metrics, "scorer_request_duration_seconds_count") == 1
 
-    dog.end(other)
-    rec.now = 2.6
-    dog.check()
-    assert rec.exits == [1] and rec.terminated == 1
-    dog.end(stuck)
-    for end in sockets:
+    rec.now = 2.9
+    dog.check()  # answered once, counted once, one retirement
+    assert (rec.retired, rec.count("/score", "504")) == ([server], 1)
+    assert dog.end(other) is False  # its own answer is still to be counted
+    assert dog.end(stuck) is True  # it ended after all: its client had the 504 already
+    for end in (server, client):
         end.close()
 
 
-def test_grace_bounds_the_wait_for_the_others() -> None:
+def test_stuck_request_of_another_endpoint_is_counted_under_it_and_not_timed() -> None:
     rec = Recorder()
     dog = rec.watchdog()
-    dog.begin({})
-    rec.now = 1.9
-    dog.begin({})  # a slow request that is not stuck yet
+    dog.begin({}, "/health")
     rec.now = 2.1
     dog.check()
-    assert rec.exits == []
-    rec.now = 3.95  # the second one is stuck now too: answered, and nothing else is left
-    dog.check()
-    assert rec.exits == [1]
+    assert rec.retired == [None]
+    assert rec.count("/health", "504") == 1
+    assert sample(rec.metrics, "scorer_request_duration_seconds_count") == 0
 
 
 def test_requests_within_the_timeout_are_left_alone() -> None:
     rec = Recorder()
     dog = rec.watchdog()
-    token = dog.begin({})
+    token = dog.begin({}, "/score", timed=True)
     rec.now = 1.9
     dog.check()
-    dog.end(token)
+    assert dog.end(token) is False
     rec.now = 10
     dog.check()
-    assert (rec.terminated, rec.exits) == (0, [])
+    assert (rec.retired, rec.count("/score", "504")) == ([], 0)
