@@ -30,7 +30,8 @@ backlog = 2048
 control_socket_disable = True  # no runtime control socket: operators signal the master instead
 
 # --- workers ----------------------------------------------------------------------------
-# gthread (a thread pool per worker) that refuses new connections as soon as a stop begins.
+# gthread (a thread pool per worker) that refuses new connections as soon as a stop begins,
+# with a deadline for each request's head (HEAD_TIMEOUT_SECONDS, scorer/deadlines.py).
 worker_class = "scorer.draining.DrainingThreadWorker"
 workers = settings.web_concurrency
 threads = settings.threads
@@ -77,6 +78,7 @@ def post_fork(server: Any, worker: Any) -> None:
     """Create the worker's DynamoDB client, fetch pool, feature cache and model poll after fork."""
     from scorer.worker import init_worker
 
+    worker.head_timeout = settings.head_timeout_seconds
     # DrainingThreadWorker.retire; a worker class given with -k has none (see scorer/watchdog.py).
     init_worker(
         worker.app.wsgi(),

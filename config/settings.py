@@ -110,8 +110,10 @@ class Settings(BaseSettings):
     """Fraction of requests whose user id and enriched streams are logged (escaped literals)."""
     max_body_bytes: int = Field(default=1_048_576, alias="MAX_BODY_BYTES", ge=1024)
     """Largest accepted request body; a larger one is refused with 413 from its length."""
+    head_timeout_seconds: float = Field(default=5.0, alias="HEAD_TIMEOUT_SECONDS", gt=0)
+    """Seconds a client has, from its first byte, to send the request line and headers; then 408."""
     body_timeout_seconds: float = Field(default=5.0, alias="BODY_TIMEOUT_SECONDS", gt=0)
-    """Seconds a client has to send its request body; a stalled one gets 408."""
+    """Seconds a client has to send its whole request body; a slower one gets 408."""
     max_streams: int = Field(default=1000, alias="MAX_STREAMS", ge=1)
     """Most streams in one request; more get 413."""
 

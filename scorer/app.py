@@ -11,7 +11,7 @@ from config import Settings
 from scorer import __version__
 from scorer.codec import encode
 from scorer.errors import ModelNotLoaded, register_error_handlers
-from scorer.fastpath import ScoreEndpoint
+from scorer.fastpath import UNMATCHED, ScoreEndpoint
 from scorer.metrics import Metrics
 from scorer.model import Model
 from scorer.openapi import build_spec
@@ -49,7 +49,7 @@ def create_app(
     @app.after_request
     def _count(response: Response) -> Response:
         rule = request.url_rule
-        requests_total.labels(rule.rule if rule else "unmatched", response.status_code).inc()
+        requests_total.labels(rule.rule if rule else UNMATCHED, response.status_code).inc()
         return response
 
     @app.get("/")
@@ -73,12 +73,6 @@ def create_app(
             }
         )
 
-    # Registered so Flask's router knows /score (a GET gets 405, not 404); ScoreEndpoint
-    # answers every POST before Flask sees it.
-    @app.route("/score", methods=["POST"])
-    def score() -> Response:
-        raise AssertionError("ScoreEndpoint answers POST /score before Flask")  # pragma: no cover
-
     @app.get("/openapi.json")
     def openapi() -> Response:
         features = list(scorer.model.stream_features) if scorer.model is not None else []
@@ -92,7 +86,7 @@ def create_app(
     def _model_name() -> str | None:
         return scorer.model.name if scorer.model is not None else settings.model_name
 
-    # The hot path bypasses Flask's per-request machinery (see scorer/fastpath.py).
+    # /score, every method of it, bypasses Flask's per-request machinery (scorer/fastpath.py).
     watchdog = Watchdog(settings.timeout, metrics)
     app.extensions["scorer.watchdog"] = watchdog
     routes = frozenset(rule.rule for rule in app.url_map.iter_rules())

@@ -20,10 +20,10 @@ import signal
 import socket
 from typing import Any
 
-from gunicorn.workers.gthread import ThreadWorker
+from scorer.deadlines import DeadlineThreadWorker
 
 
-class DrainingThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no type hints
+class DrainingThreadWorker(DeadlineThreadWorker):
     """gthread, closing its listeners when the graceful stop begins."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -35,6 +35,12 @@ class InvalidRequest(ScorerError):
     status = 400
 
 
+class IncompleteRequest(ScorerError):
+    """The client ended the connection before the whole body it announced."""
+
+    status = 400
+
+
 class UnprocessableRequest(ScorerError):
     """The body is JSON but not the shape `/score` takes."""
 

@@ -2,7 +2,8 @@
 
 Flask's request context, URL adapter and response object cost, in process, about as much as
 scoring 30 streams from a warm cache; this path reads the body, scores and answers without
-them. Every other path and method goes on to the Flask app, routing errors included.
+them. It answers the other methods on `/score` too (405, or OPTIONS), so Flask has no route
+for `/score`; every other path goes on to the Flask app, routing errors included.
 """
 
 from __future__ import annotations
@@ -13,9 +14,17 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl
 
-from gunicorn.http.errors import ParseException
+from gunicorn.http.errors import ChunkMissingTerminator, NoMoreData, ParseException
 
-from scorer.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, ScorerError
+from scorer.deadlines import DeadlineExpired, DeadlineSocket
+from scorer.errors import (
+    IncompleteRequest,
+    InvalidRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    ScorerError,
+    detail_json,
+)
 from scorer.metrics import Metrics
 from scorer.payload import parse_score_request
 from scorer.scoring import Scorer
@@ -25,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 SCORE_PATH = "/score"
+SCORE_METHODS = "OPTIONS, POST"  # the Allow header for /score
+UNMATCHED = "unmatched"  # the endpoint label of requests no route took
 _REASONS = {
     200: "200 OK",
     400: "400 Bad Request",
@@ -36,26 +47,40 @@ _REASONS = {
     503: "503 Service Unavailable",
 }
 
+_METHOD_NOT_ALLOWED = detail_json("Method Not Allowed")
+
 
 def read_body(environ: dict[str, Any], limit: int, timeout: float) -> bytes:
-    """Read the request body: refuse one over `limit` bytes, or one not sent within `timeout`.
+    """Read the request body: refuse one over `limit` bytes, or one not all sent within `timeout`.
 
-    A client that stalls mid-body must cost one thread for a few seconds, not hold it until
-    the watchdog retires the worker; a malformed chunked body is the client's error, not ours.
+    A client trickling its body must cost one thread for a few seconds, not hold it until the
+    watchdog retires the worker; a malformed or cut-short body is the client's error, not ours.
     """
     sock = environ.get("gunicorn.socket")
-    previous = sock.gettimeout() if sock is not None else None
-    if sock is not None:
+    if isinstance(sock, DeadlineSocket):
+        sock.start_phase(timeout)
+    elif sock is not None:
+        # Not our worker's connection (another worker class, TLS): bound each read at least.
+        previous = sock.gettimeout()
         sock.settimeout(timeout)
     try:
         return _read_limited(environ, limit)
-    except TimeoutError:
+    except (DeadlineExpired, TimeoutError):
         raise RequestTimeout(f"request body not received within {timeout:g} s") from None
-    except (ParseException, OSError) as exc:  # NoMoreData is an OSError too
+    except (NoMoreData, ChunkMissingTerminator) as exc:
+        if isinstance(exc, NoMoreData) or len(exc.term) < 2:  # the client stopped sending
+            raise IncompleteRequest(CHUNKED_CUT_SHORT) from None
+        raise InvalidRequest(f"malformed request body: {type(exc).__name__}") from None
+    except (ParseException, OSError) as exc:
         raise InvalidRequest(f"malformed request body: {type(exc).__name__}") from None
     finally:
-        if sock is not None:
+        if isinstance(sock, DeadlineSocket):
+            sock.end_phase()
+        elif sock is not None:
             sock.settimeout(previous)
+
+
+CHUNKED_CUT_SHORT = "incomplete request body: the chunked body ended before its last chunk"
 
 
 def _read_limited(environ: dict[str, Any], limit: int) -> bytes:
@@ -69,7 +94,10 @@ def _read_limited(environ: dict[str, Any], limit: int) -> bytes:
         if length > limit:
             raise PayloadTooLarge("Request body too large")
         if length >= 0:
-            return bytes(stream.read(length))
+            body = bytes(stream.read(length))
+            if len(body) < length:  # the client closed its side early
+                raise IncompleteRequest(f"incomplete request body: {len(body)} of {length} bytes")
+            return body
     # Chunked or unknown length: read one byte past the limit to tell "too large".
     body = bytes(stream.read(limit + 1))
     if len(body) > limit:
@@ -86,7 +114,7 @@ def query_params(query_string: str) -> dict[str, str]:
 
 
 class ScoreEndpoint:
-    """WSGI middleware answering `POST /score`; everything else goes to the wrapped app."""
+    """WSGI middleware answering `/score`; every other path goes to the wrapped app."""
 
     def __init__(
         self,
@@ -106,18 +134,44 @@ class ScoreEndpoint:
         self._body_timeout = scorer.settings.body_timeout_seconds
         self._max_streams = scorer.settings.max_streams
         self._count = {status: metrics.requests.labels(SCORE_PATH, status) for status in _REASONS}
+        self._count_405 = metrics.requests.labels(UNMATCHED, 405)  # as Flask's routing errors
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") == SCORE_PATH and environ.get("REQUEST_METHOD") == "POST":
-            return self._score(environ, start_response)
         path = environ.get("PATH_INFO", "")
-        token = self._watchdog.begin(environ, path if path in self._routes else "unmatched")
+        if path == SCORE_PATH:
+            if environ.get("REQUEST_METHOD") == "POST":
+                return self._score(environ, start_response)
+            return self._other_method(environ, start_response)
+        token = self._watchdog.begin(environ, path if path in self._routes else UNMATCHED)
         try:
             return self._app(environ, start_response)
         finally:
             self._watchdog.end(token)
+
+    def _other_method(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        """Answer OPTIONS with the methods `/score` takes, any other method with 405.
+
+        The same answers, and counts, as Flask gave when it routed these requests.
+        """
+        method = environ.get("REQUEST_METHOD")
+        if method == "OPTIONS":
+            start_response(_REASONS[200], [("Allow", SCORE_METHODS), ("Content-Length", "0")])
+            self._count[200].inc()
+            return [b""]
+        start_response(
+            "405 Method Not Allowed",
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(_METHOD_NOT_ALLOWED))),
+                ("Allow", SCORE_METHODS),
+            ],
+        )
+        self._count_405.inc()
+        return [b"" if method == "HEAD" else _METHOD_NOT_ALLOWED]
 
     def _score(
         self, environ: dict[str, Any], start_response: Callable[..., Any]

@@ -112,6 +112,7 @@ def build_spec(version: str, stream_features: list[str]) -> dict[str, Any]:
                         },
                         "400": _ERROR,
                         "404": _ERROR,
+                        "408": _ERROR,
                         "413": _ERROR,
                         "422": _ERROR,
                         "500": _ERROR,

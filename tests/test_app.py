@@ -12,6 +12,7 @@ from flask.testing import FlaskClient
 
 from examples.local_stack import put_features
 from scorer import create_app
+from scorer.fastpath import SCORE_PATH
 from scorer.model import validate_model
 from tests import fakes
 from tests.conftest import make_settings, seed_features
@@ -195,6 +196,31 @@ def test_routing_errors_are_json(client: FlaskClient) -> None:
     assert "POST" in response.headers["Allow"]
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD", "PUT", "DELETE", "PATCH"])
+def test_score_answers_other_methods_with_405_and_allow(client: FlaskClient, method: str) -> None:
+    response = client.open("/score", method=method)
+    assert response.status_code == 405
+    assert set(response.headers["Allow"].split(", ")) == {"OPTIONS", "POST"}
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.get_data() == (b"" if method == "HEAD" else b'{"detail":"Method Not Allowed"}')
+    assert response.headers["Content-Length"] == "31"
+
+
+def test_score_answers_options_with_its_methods(client: FlaskClient) -> None:
+    response = client.options("/score")
+    assert (response.status_code, response.get_data()) == (200, b"")
+    assert set(response.headers["Allow"].split(", ")) == {"OPTIONS", "POST"}
+
+
+def test_other_methods_on_score_are_counted_as_before(client: FlaskClient) -> None:
+    client.get("/score")
+    client.delete("/score")
+    client.options("/score")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'scorer_requests_total{endpoint="unmatched",status="405"} 2.0' in text
+    assert 'scorer_requests_total{endpoint="/score",status="200"} 1.0' in text
+
+
 def test_metrics_count_requests_by_endpoint_and_status(client: FlaskClient) -> None:
     client.post("/score", json=body("https://a"))
     client.post("/score", data=b"{", content_type="application/json")
@@ -232,4 +258,5 @@ def test_openapi_document_describes_every_route(client: FlaskClient) -> None:
         for r in client.application.url_map.iter_rules()
         if r.rule != "/static/<path:filename>"
     }
+    routes.add(SCORE_PATH)  # answered in front of Flask, by scorer/fastpath.py
     assert routes - {"/openapi.json"} == set(spec["paths"])

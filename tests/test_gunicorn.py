@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import threading
@@ -59,6 +60,7 @@ def server(emulator: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         FEATURES_TABLE="gunicorn-features",
         PROMETHEUS_MULTIPROC_DIR=str(tmp / "metrics"),
         BODY_TIMEOUT_SECONDS="1",
+        HEAD_TIMEOUT_SECONDS="1",
     )
     log = tmp / "gunicorn.log"
     process = run_gunicorn(env, log)
@@ -390,8 +392,12 @@ def test_chunked_request_body_is_scored(server: Server) -> None:
 
 
 def test_oversized_body_is_refused_and_the_worker_keeps_serving(server: Server) -> None:
-    status, body = server.post("/score", {"streams": [], "pad": "x" * 2_000_000})
-    assert (status, body) == (413, {"detail": "Request body too large"})
+    # 64 KiB of the announced 2 MB: the server answers from Content-Length and closes, and a
+    # client still sending the rest could see its write reset before it reads the answer.
+    request = SCORE_HEAD + b"Content-Length: 2000000\r\n\r\n" + b'{"pad": "' + b"x" * 65_000
+    answer, _ = raw_exchange(server, request)
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+    assert answer.endswith(b'{"detail":"Request body too large"}')
     assert server.post("/score", streams("https://after-413"))[0] == 200
 
 
@@ -432,8 +438,6 @@ def test_recycled_workers_keep_metrics_exact_and_files_bounded(
 
 def raw_exchange(server: Server, request: bytes, pause: float = 0.0) -> tuple[bytes, float]:
     """Send raw bytes (then wait `pause` seconds), and read the answer until the server closes."""
-    import socket
-
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
         sock.sendall(request)
@@ -456,6 +460,110 @@ def test_stalled_body_gets_408_and_costs_no_worker(server: Server) -> None:
     assert elapsed < 10
     assert server.post("/score", streams("https://after-408"))[0] == 200
     assert set(ready_worker_pids(server)) == pids_before  # no worker was retired
+
+
+def trickle(server: Server, start: bytes, rest: bytes) -> tuple[bytes, int]:
+    """Send `start` at once, then `rest` one byte every 0.3 s until the server answers.
+
+    Return the answer (read until the server closes) and how many bytes of `rest` were sent.
+    """
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+        sock.sendall(start)
+        sent = 0
+        for byte in rest:
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:  # the server has answered and closed
+                break
+            sent += 1
+            if select.select([sock], [], [], 0.3)[0]:
+                break
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer, sent
+
+
+SCORE_HEAD = b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+
+
+def test_trickled_body_gets_408_before_it_completes(server: Server) -> None:
+    body = json.dumps(streams("https://trickle/1", "https://trickle/2")).encode()
+    head = SCORE_HEAD + b"Content-Length: %d\r\n\r\n" % len(body)
+
+    # Each byte well inside the 1 s timeout; the whole body would take 25 s.
+    answer, sent = trickle(server, head, body)
+
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert answer.endswith(b'{"detail":"request body not received within 1 s"}')
+    assert sent < len(body)  # answered while the body was still arriving
+    assert server.post("/score", streams("https://after-trickle"))[0] == 200
+
+
+def test_trickled_head_gets_408_before_it_completes(server: Server) -> None:
+    body = json.dumps(streams("https://trickle-head")).encode()
+    request = SCORE_HEAD + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+    answer, sent = trickle(server, b"", request)
+
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert b"Connection: close" in answer
+    assert answer.endswith(b'{"detail":"request head not received within 1 s"}')
+    assert sent < request.index(b"\r\n\r\n")  # answered while the head was still arriving
+    assert server.post("/score", streams("https://after-trickled-head"))[0] == 200
+
+
+def test_idle_time_before_the_first_byte_is_not_held_against_the_head(server: Server) -> None:
+    body = json.dumps(streams("https://idle-first")).encode()
+    request = SCORE_HEAD + b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
+    answer = b""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+        time.sleep(2)  # twice HEAD_TIMEOUT_SECONDS, connected but silent
+        sock.sendall(request[:10])  # then the head in two parts, the second one waited for
+        time.sleep(0.2)
+        sock.sendall(request[10:] + body)
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+
+
+def exchange_then_half_close(server: Server, request: bytes) -> bytes:
+    """Send `request`, end the sending side (shutdown), and read the answer until close."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_body_shorter_than_its_content_length_is_a_400(server: Server) -> None:
+    body = b'{"streams": [{"streamUrl": "a"}]}'  # valid JSON on its own: must not be scored
+    answer = exchange_then_half_close(
+        server, SCORE_HEAD + b"Content-Length: %d\r\n\r\n" % (len(body) + 50) + body
+    )
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert answer.endswith(b'{"detail":"incomplete request body: 33 of 83 bytes"}')
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        b"21\r\n" + b'{"streams": [{"streamUrl": "a"}]}' + b"\r\n",  # no last chunk
+        b"21\r\n" + b'{"streams": [',  # cut inside a chunk
+        b"21\r\n" + b'{"streams": [{"streamUrl": "a"}]}' + b"\r\n0\r\n",  # no final CRLF
+    ],
+    ids=["no-last-chunk", "mid-chunk", "no-final-crlf"],
+)
+def test_chunked_body_cut_short_is_a_400_naming_it(server: Server, chunks: bytes) -> None:
+    answer = exchange_then_half_close(
+        server, SCORE_HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + chunks
+    )
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert answer.endswith(
+        b'{"detail":"incomplete request body: the chunked body ended before its last chunk"}'
+    )
 
 
 def test_malformed_chunked_body_is_a_400(server: Server) -> None:
