@@ -43,7 +43,7 @@ end
 function init(args)
   if not cold then
     for k = 0, nbodies - 1 do
-      bodies[k + 1] = make_body("u" .. k, function(i)
+      bodies[k + 1] = make_body("{user}" .. k, function(i)
         return "https://example.com/s/" .. ((k * stride + i) % pool)
       end)
     end
@@ -85,11 +85,13 @@ class Workload:
 
     streams: int
     cold: bool = False
+    user: str = "u"  # prefix of the warm bodies' user ids (the mixed model reads it)
 
     @property
     def name(self) -> str:
         """Name the workload for file names and reports."""
-        return f"{'cold' if self.cold else 'warm'}-{self.streams}"
+        suffix = "" if self.user == "u" else f"-{self.user}"
+        return f"{'cold' if self.cold else 'warm'}-{self.streams}{suffix}"
 
 
 def write_lua(workload: Workload, directory: Path) -> Path:
@@ -104,6 +106,7 @@ def write_lua(workload: Workload, directory: Path) -> Path:
             stride=BODY_STRIDE,
             cold="true" if workload.cold else "false",
             token=secrets.token_hex(4),
+            user=workload.user,
             mark=MARK,
         )
     )
@@ -130,9 +133,14 @@ def run_wrk(url: str, lua: Path, seconds: float) -> dict[str, Any]:
     """Run wrk once; return its summary with throughput and an ok flag (no errors, no non-2xx)."""
     cmd = wrk_command(url, lua, seconds)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False)
-    line = next((ln for ln in done.stdout.splitlines() if ln.startswith(MARK)), None)
+    return parse_wrk(cmd, done.stdout + done.stderr)
+
+
+def parse_wrk(cmd: list[str], output: str) -> dict[str, Any]:
+    """Return wrk's JSON summary from its output, with throughput and an ok flag."""
+    line = next((ln for ln in output.splitlines() if ln.startswith(MARK)), None)
     if line is None:
-        return {"ok": False, "cmd": shlex.join(cmd), "failure": done.stdout + done.stderr}
+        return {"ok": False, "cmd": shlex.join(cmd), "failure": output}
     result: dict[str, Any] = json.loads(line[len(MARK) :])
     result["rps"] = round(result["requests"] / (result["duration_us"] / 1e6), 1)
     result["errors_total"] = sum(result["errors"].values())

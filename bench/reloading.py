@@ -1,7 +1,7 @@
-"""Scenario s7: a new model version published while the service is under the S1 load.
+"""Scenario "reload": a new model version published while the service is under the S1 load.
 
     .venv/bin/python bench/reloading.py [--short]   # alone: emulator, models, this scenario
-    .venv/bin/python bench/run.py --only s7          # inside the harness (and in `make bench`)
+    .venv/bin/python bench/run.py --only reload      # inside the harness (and in `make bench`)
 
 Switch: ours (2 workers, MODEL_POLL_SECONDS=1) serves the S1 workload (wrk -t2 -c8, 30 warm
 streams) in back-to-back windows; after the steady windows the model file is published again to
@@ -257,7 +257,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
 
-def s7_reload(bench: Bench, short: bool = False) -> dict[str, Any]:
+def reload_scenario(bench: Bench, short: bool = False) -> dict[str, Any]:
     """A new model version published under the S1 load: errors, switch time, p99, PSS."""
     switch = switch_under_load(
         bench,
@@ -277,7 +277,7 @@ def s7_reload(bench: Bench, short: bool = False) -> dict[str, Any]:
 
 
 def main() -> int:
-    """Run s7 alone against a fresh emulator; print and save its results."""
+    """Run the reload scenario alone against a fresh emulator; print and save its results."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
@@ -301,7 +301,7 @@ def main() -> int:
             create_features_table(endpoint, POOL)
             models = upload_models(endpoint, Path(tmp))
         bench = Bench(endpoint, models, log_dir, results_dir / "lua", warmup=args.warmup)
-        result = s7_reload(bench, short=args.short)
+        result = reload_scenario(bench, short=args.short)
     finally:
         stop_process(emulator)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -150,14 +150,14 @@ def goals(results: dict[str, Any]) -> list[list[Any]]:
         )
         value = s6_ours.get("100", {}).get("reads_per_unique_key")
         rows.append(goal("S6 DynamoDB reads per unique key (ours, 100 streams)", value, 2.0, False))
-    if "s7" in sc:
-        s7 = sc["s7"]
-        errors = s7["switch"]["all"]["errors"] + s7["switch"]["all"]["failed_windows"]
-        rows.append(goal("S7 errors and non-2xx through a reload under load", errors, 0, False))
+    if "reload" in sc:
+        reload = sc["reload"]
+        errors = reload["switch"]["all"]["errors"] + reload["switch"]["all"]["failed_windows"]
+        rows.append(goal("Reload: errors and non-2xx under load", errors, 0, False))
         rows.append(
             goal(
-                "S7 PSS 4 workers after a reload / 1 worker",
-                s7["memory"]["ratio_after_over_w1"],
+                "Reload: PSS 4 workers after a reload / 1 worker",
+                reload["memory"]["ratio_after_over_w1"],
                 1.2,
                 False,
             )
@@ -416,15 +416,15 @@ def scenario_sections(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def reload_lines(s7: dict[str, Any]) -> list[str]:
-    """Render s7: a new model version published under the S1 load."""
-    switch, memory = s7["switch"], s7["memory"]
+def reload_lines(reload: dict[str, Any]) -> list[str]:
+    """Render the reload scenario: a new model version published under the S1 load."""
+    switch, memory = reload["switch"], reload["memory"]
     first_new = fmt(switch["switch_s"]["first_new_worker"])
     last_old = fmt(switch["switch_s"]["last_old_worker_gone"])
     lines = [
-        "## S7: a new model version published under the S1 load",
+        "## Reload: a new model version published under the S1 load",
         "",
-        f"Ours, 2 workers, `MODEL_POLL_SECONDS={s7['poll_seconds']}`, the S1 workload in"
+        f"Ours, 2 workers, `MODEL_POLL_SECONDS={reload['poll_seconds']}`, the S1 workload in"
         f" back-to-back wrk windows of {switch['window_s']:g} s; the model is published again"
         " to its key in a versioned bucket (a new version) after the steady windows. The first"
         f" new worker answered {first_new} s after the upload; the last old worker was gone"
@@ -529,8 +529,8 @@ def write_markdown(results: dict[str, Any], path: Path, chart: Path) -> None:
         "",
     ]
     lines += scenario_sections(results)
-    if "s7" in completed(results):
-        lines += reload_lines(completed(results)["s7"])
+    if "reload" in completed(results):
+        lines += reload_lines(completed(results)["reload"])
     lines += hotpath_lines(results)
     lines += ["## Commands", "", "```"]
     lines += [f"{label}: {cmd}" for label, cmd in results["commands"].items()]
