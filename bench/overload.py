@@ -539,20 +539,9 @@ def write_chart(s9: dict[str, Any], path: Path) -> None:
         for s in steps:
             if s["void"]:
                 good.plot(s["multiple"], s["goodput_share"] or 0, "x", color="red", markersize=12)
-        slow.plot(
-            xs,
-            [s["ok_p99_ms"] or float("nan") for s in steps],
-            "o-",
-            color=color,
-            label=f"{name}: 2xx",
-        )
-        slow.plot(
-            xs,
-            [s["refused_p99_ms"] or float("nan") for s in steps],
-            "s--",
-            color=color,
-            label=f"{name}: 503",
-        )
+        for key, style, kind in (("ok_p99_ms", "o-", "2xx"), ("refused_p99_ms", "s--", "503")):
+            p99 = [s[key] or float("nan") for s in steps]
+            slow.plot(xs, p99, style, color=color, label=f"{name}: {kind}")
     good.set_title(f"Goodput (2xx within {s9['deadline_ms']:g} ms) / capacity")
     good.set_xlabel("offered load / capacity (red x: generator lagged, void)")
     good.set_ylim(0, 1.1)
