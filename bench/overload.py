@@ -424,7 +424,12 @@ def goal_rows(s9: dict[str, Any]) -> list[tuple[str, float | None, float, bool]]
     cost = s9["servers"].get("ours", {}).get("cost")
     if cost:
         rows.append(
-            ("S9 refusal CPU / scored request CPU", cost["refused_over_scored"], 0.1, False)
+            (
+                "S9 a refusal's worker CPU / a scored request's",
+                cost["refused_over_scored"],
+                0.1,
+                False,
+            )
         )
     return rows
 
