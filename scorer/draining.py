@@ -20,10 +20,10 @@ import signal
 import socket
 from typing import Any
 
-from scorer.deadlines import DeadlineThreadWorker
+from scorer.balancing import BalancingThreadWorker
 
 
-class DrainingThreadWorker(DeadlineThreadWorker):
+class DrainingThreadWorker(BalancingThreadWorker):
     """gthread, closing its listeners when the graceful stop begins."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
