@@ -28,8 +28,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## test: lint, then the whole test suite (emulator and gunicorn included)
+## test: lint, then the whole test suite (emulator, gunicorn and the deploy/ checks included)
 test: lint
+	bash deploy/install-tools.sh
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest
 
 ## bench: this service, the seed service and a floor app side by side; writes BENCHMARKS.md

@@ -156,6 +156,9 @@ class Settings(BaseSettings):
     """Seconds a request may run; then its client gets a 504 and its worker is replaced."""
     max_requests: int = Field(default=0, alias="MAX_REQUESTS", ge=0)
     """Recycle a worker after this many requests (0: never)."""
+    switch_interval_ms: float = Field(default=1.0, alias="SWITCH_INTERVAL_MS", gt=0, le=100)
+    """How long a worker's thread may hold the interpreter while another waits (Python's own
+    default is 5 ms): shorter lets a cheap request through beside a CPU-heavy one sooner."""
     gc_freeze: bool = Field(default=True, alias="GC_FREEZE")
     """Freeze the master's objects before fork so the collector does not dirty shared pages."""
     log_level: str = Field(

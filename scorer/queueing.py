@@ -12,8 +12,8 @@ in the request's WSGI environ:
 
 A new connection whose client has sent nothing yet when a thread takes it was waiting for its
 client, not for a thread (connection pools connect ahead of their requests): it gets neither.
-A request waiting in the listen backlog, before the worker accepts it, is not seen either; the
-worker accepts whenever its main loop runs, so that wait is short.
+A connection waiting in the listen backlog, before a worker accepts it, is not seen either: a
+worker with a free thread accepts at once, a busy one within 2 ms (scorer/balancing.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from scorer.deadlines import DeadlineThreadWorker
+from scorer.balancing import BalancingThreadWorker
 
 QUEUED_AT = "scorer.queued_at"
 QUEUE_DELAY = "scorer.queue_delay"
@@ -40,7 +40,7 @@ class _Stamp(threading.local):
     delay: float = 0.0
 
 
-class QueueTimedThreadWorker(DeadlineThreadWorker):
+class QueueTimedThreadWorker(BalancingThreadWorker):
     """gthread that tells the app how long each request waited for a thread."""
 
     wsgi: Callable[..., Iterable[bytes]]  # set by gunicorn's load_wsgi

@@ -7,6 +7,7 @@ master they would be shared by every worker's sockets and threads that no longer
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -53,6 +54,7 @@ def init_worker(
     `retire` is how the watchdog retires this worker around a stuck request.
     """
     scorer: Scorer = app.extensions["scorer"]
+    sys.setswitchinterval(scorer.settings.switch_interval_ms / 1000)
     scorer.init_worker()
     app.extensions["scorer.watchdog"].start(retire)
     reloader: ModelReloader | None = app.extensions.get("scorer.reloader")

@@ -62,6 +62,12 @@ def troubled_predict(model_input: dict[str, Any], params: Any) -> dict[str, Any]
     return echo_predict(model_input, params)
 
 
+def where_predict(model_input: dict[str, Any], params: Any) -> dict[str, Any]:
+    """Sleep `user.sleep` seconds, then say which worker scored and its switch interval."""
+    time.sleep(float(model_input["user"].get("sleep", 0)))
+    return {"pid": os.getpid(), "switch_interval": sys.getswitchinterval()}
+
+
 def failing_predict(model_input: Any, params: Any) -> Any:
     raise RuntimeError("the model broke")
 

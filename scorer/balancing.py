@@ -1,0 +1,85 @@
+"""A gthread worker that leaves a new connection to a worker with a free thread.
+
+All workers poll one listening socket, and whichever wakes first accepts: with a few kept-alive
+connections (a client's pool, wrk's eight) one worker can end up holding most of them while
+another idles, and every request on them then waits for that worker's threads. Here a worker
+whose threads are all busy stops accepting for a moment: a worker with a free thread takes the
+connection. If none does within `ACCEPT_DEFER_SECONDS` (every worker is busy), the busy worker
+accepts it after all, so a connection never waits for long in the kernel's backlog, where no
+queueing delay can be seen.
+"""
+
+from __future__ import annotations
+
+import select
+import time
+from typing import Any
+
+from scorer.deadlines import DeadlineThreadWorker
+
+ACCEPT_DEFER_SECONDS = 0.002
+"""How long a worker with no free thread leaves a waiting connection to the others."""
+
+
+class BalancingThreadWorker(DeadlineThreadWorker):
+    """gthread, accepting new connections only while it has a free thread (or none else does)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Connections handed to the thread pool and not finished; main thread only.
+        self.active = 0
+        self._waiting_since: float | None = None
+        self._deferring = False
+
+    def enqueue_req(self, conn: Any) -> None:
+        self.active += 1
+        super().enqueue_req(conn)
+
+    def finish_request(self, conn: Any, fs: Any) -> None:
+        self.active -= 1
+        super().finish_request(conn, fs)
+
+    def accept(self, listener: Any) -> None:
+        self._waiting_since = None
+        super().accept(listener)
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        # gunicorn's loop asks for accepting on every iteration while it has room for
+        # connections; the answer depends on the threads as well.
+        super().set_accept_enabled(enabled and self._may_accept())
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        # gunicorn's loop turns accepting off only when the worker is full of connections:
+        # turn it off here as soon as the threads are all busy.
+        if self._accepting and not self._may_accept():
+            super().set_accept_enabled(False)
+        # While deferring, wake soon to look again: the listener is not in the poller.
+        super().wait_for_and_dispatch_events(
+            min(timeout, ACCEPT_DEFER_SECONDS) if self._deferring else timeout
+        )
+
+    def _may_accept(self) -> bool:
+        self._deferring = False
+        if self.active < self.cfg.threads:
+            self._waiting_since = None
+            return True
+        if not self.alive or not _readable(self.sockets):
+            self._waiting_since = None
+            self._deferring = self.alive
+            return False
+        now = time.monotonic()
+        if self._waiting_since is None:
+            self._waiting_since = now
+        if now - self._waiting_since >= ACCEPT_DEFER_SECONDS:
+            return True  # no worker with a free thread took it: take it, and queue it here
+        self._deferring = True
+        return False
+
+
+def _readable(sockets: list[Any]) -> bool:
+    """Tell whether a connection waits on any of the listeners (without accepting it)."""
+    try:
+        ready, _, _ = select.select(sockets, [], [], 0)
+    except (OSError, ValueError):  # a listener closed by a stop in progress
+        return False
+    return bool(ready)

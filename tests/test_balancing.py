@@ -1,0 +1,83 @@
+"""How new connections spread over the workers, and each worker's switch interval: real gunicorn."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from examples.local_stack import free_port
+from tests import fakes
+from tests.servers import Server, gunicorn_env, start_service, stop_service
+
+THREADS = 3
+CONNECTIONS = 2 * THREADS
+
+
+@pytest.fixture(scope="module")
+def server(emulator: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("balancing")
+    model = tmp / "where.pkl"
+    model.write_bytes(
+        fakes.pickle_by_value(fakes.echo_model(features=[], predict=fakes.where_predict))
+    )
+    env = gunicorn_env(
+        emulator,
+        PORT=str(free_port()),
+        MODEL_PATH=str(model),
+        THREADS=str(THREADS),
+        SWITCH_INTERVAL_MS="0.5",
+        PROMETHEUS_MULTIPROC_DIR=str(tmp / "metrics"),
+    )
+    server = start_service(env, tmp)
+    yield server
+    stop_service(server)
+
+
+def score(conn: http.client.HTTPConnection, sleep: float) -> dict[str, float]:
+    body = json.dumps({"user": {"sleep": sleep}, "streams": [{"streamUrl": "s"}]})
+    conn.request("POST", "/score", body, {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 200
+    answer: dict[str, float] = json.loads(response.read())
+    return answer
+
+
+def test_connections_opened_together_spread_over_both_workers(server: Server) -> None:
+    # Each connection's first request keeps a thread busy for a while, so a worker whose
+    # threads are all busy must leave the next connections to the other one.
+    pids: list[int] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            pid = int(score(conn, 1.0)["pid"])
+            for _ in range(3):  # kept alive: the same worker answers again
+                assert int(score(conn, 0)["pid"]) == pid
+        finally:
+            conn.close()
+        with lock:
+            pids.append(pid)
+
+    clients = [threading.Thread(target=client) for _ in range(CONNECTIONS)]
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join(timeout=60)
+
+    assert len(pids) == CONNECTIONS
+    assert sorted(Counter(pids).values()) == [THREADS, THREADS], Counter(pids)
+
+
+def test_each_worker_runs_with_the_configured_switch_interval(server: Server) -> None:
+    for _ in range(4):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        try:
+            assert score(conn, 0)["switch_interval"] == pytest.approx(0.0005)
+        finally:
+            conn.close()
