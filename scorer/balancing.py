@@ -1,12 +1,12 @@
-"""A gthread worker that leaves a new connection to a worker with a free thread.
+"""A gthread worker that leaves a new connection to a less busy worker.
 
 All workers poll one listening socket, and whichever wakes first accepts: with a few kept-alive
 connections (a client's pool, wrk's eight) one worker can end up holding most of them while
 another idles, and every request on them then waits for that worker's threads. Here a worker
-whose threads are all busy stops accepting for a moment: a worker with a free thread takes the
-connection. If none does within `ACCEPT_DEFER_SECONDS` (every worker is busy), the busy worker
-accepts it after all, so a connection never waits for long in the kernel's backlog, where no
-queueing delay can be seen.
+with half its threads or more busy stops accepting for a moment: a less busy worker takes the
+connection. If none does within `ACCEPT_DEFER_SECONDS`, a busy worker accepts it after all (the
+first whose wait ran out, which then waits again: the busy workers take turns), so a connection
+never waits for long in the kernel's backlog, where no queueing delay can be seen.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Any
 from scorer.deadlines import DeadlineThreadWorker
 
 ACCEPT_DEFER_SECONDS = 0.002
-"""How long a worker with no free thread leaves a waiting connection to the others."""
+"""How long a busy worker leaves a waiting connection to the others."""
 
 
 class BalancingThreadWorker(DeadlineThreadWorker):
-    """gthread, accepting new connections only while it has a free thread (or none else does)."""
+    """gthread, accepting new connections at once only while half its threads are free."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -30,6 +30,10 @@ class BalancingThreadWorker(DeadlineThreadWorker):
         self.active = 0
         self._waiting_since: float | None = None
         self._deferring = False
+        # Up to half its threads busy, a worker takes new connections at once; past that it
+        # leaves them to the others first, so a burst of connections is spread over every
+        # worker (with all of a worker's threads, 8 connections over 4 workers went 4, 4, 0, 0).
+        self._share = max(1, self.cfg.threads // 2)
 
     def enqueue_req(self, conn: Any) -> None:
         self.active += 1
@@ -60,7 +64,7 @@ class BalancingThreadWorker(DeadlineThreadWorker):
 
     def _may_accept(self) -> bool:
         self._deferring = False
-        if self.active < self.cfg.threads:
+        if self.active < self._share:
             self._waiting_since = None
             return True
         if not self.alive or not _readable(self.sockets):
@@ -71,7 +75,7 @@ class BalancingThreadWorker(DeadlineThreadWorker):
         if self._waiting_since is None:
             self._waiting_since = now
         if now - self._waiting_since >= ACCEPT_DEFER_SECONDS:
-            return True  # no worker with a free thread took it: take it, and queue it here
+            return True  # no less busy worker took it: take it, and queue it here
         self._deferring = True
         return False
 
