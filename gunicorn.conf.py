@@ -31,7 +31,8 @@ control_socket_disable = True  # no runtime control socket: operators signal the
 
 # --- workers ----------------------------------------------------------------------------
 # gthread (a thread pool per worker) that refuses new connections as soon as a stop begins,
-# with a deadline for each request's head (HEAD_TIMEOUT_SECONDS, scorer/deadlines.py).
+# with a deadline for each request's head (HEAD_TIMEOUT_SECONDS, scorer/deadlines.py), and
+# each request's wait for a thread handed to the app, which sheds on it (scorer/queueing.py).
 worker_class = "scorer.draining.DrainingThreadWorker"
 workers = settings.web_concurrency
 threads = settings.threads

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import overload
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -151,6 +152,8 @@ def goals(results: dict[str, Any]) -> list[list[Any]]:
         )
         value = s6_ours.get("100", {}).get("reads_per_unique_key")
         rows.append(goal("S6 DynamoDB reads per unique key (ours, 100 streams)", value, 2.0, False))
+    if "s9" in sc:
+        rows += [goal(*row) for row in overload.goal_rows(sc["s9"])]
     if "reload" in sc:
         reload = sc["reload"]
         errors = reload["switch"]["all"]["errors"] + reload["switch"]["all"]["failed_windows"]
@@ -537,6 +540,12 @@ def write_markdown(results: dict[str, Any], path: Path, chart: Path) -> None:
     lines += latency_lines(completed(results))
     if "reload" in completed(results):
         lines += reload_lines(completed(results)["reload"])
+    if "s9" in completed(results):
+        s9_chart = chart.parent / "overload.png"
+        overload.write_chart(completed(results)["s9"], s9_chart)
+        lines += overload.report_lines(
+            completed(results)["s9"], os.path.relpath(s9_chart, path.parent)
+        )
     lines += hotpath_lines(results)
     lines += ["## Commands", "", "```"]
     lines += [f"{label}: {cmd}" for label, cmd in results["commands"].items()]

@@ -22,6 +22,7 @@ import hotpath
 from emulator import create_features_table, pickle_models, start_emulator, upload_models
 from latency import SCENARIOS as LATENCY_SCENARIOS
 from load import POOL
+from overload import SCENARIOS as OVERLOAD_SCENARIOS
 from procs import free_port, stop_process
 from reloading import reload_scenario
 from report import write_chart, write_markdown
@@ -29,7 +30,12 @@ from scenarios import SCENARIOS as BASE_SCENARIOS
 from scenarios import Bench
 from servers import BENCH_DIR, REPO, SEED_VENV, THREADS
 
-SCENARIOS = {**BASE_SCENARIOS, **LATENCY_SCENARIOS, "reload": reload_scenario}
+SCENARIOS = {
+    **BASE_SCENARIOS,
+    **LATENCY_SCENARIOS,
+    **OVERLOAD_SCENARIOS,
+    "reload": reload_scenario,
+}
 
 OURS_ENV = {
     "HOST": "127.0.0.1",
@@ -53,7 +59,7 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument(
-        "--only", default=",".join(SCENARIOS), help="comma-separated scenarios (s1..s8, reload)"
+        "--only", default=",".join(SCENARIOS), help="comma-separated scenarios (s1..s9, reload)"
     )
     parser.add_argument("--rounds", type=int, default=5, help="wrk rounds per server and scenario")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of one wrk round")

@@ -117,6 +117,17 @@ class Settings(BaseSettings):
     max_streams: int = Field(default=1000, alias="MAX_STREAMS", ge=1)
     """Most streams in one request; more get 413."""
 
+    # --- overload (scorer/shedding.py) ---------------------------------------------------
+    shedding: bool = Field(default=True, alias="SHEDDING")
+    """Refuse /score requests that cannot be answered in time (503) instead of queueing them."""
+    shed_queue_target_ms: float = Field(default=5.0, alias="SHED_QUEUE_TARGET_MS", gt=0)
+    """Queue delay (waiting for a thread) a worker aims at; past it for a whole interval, it
+    sheds requests that waited over twice this (CoDel)."""
+    shed_queue_interval_ms: float = Field(default=100.0, alias="SHED_QUEUE_INTERVAL_MS", gt=0)
+    """Window over which the queue delay must stay above the target before shedding starts."""
+    shed_max_queue_ms: float = Field(default=100.0, alias="SHED_MAX_QUEUE_MS", ge=0)
+    """Longest a request may wait for a thread in any case; 0: no cap."""
+
     # --- AWS (credentials come from boto3's own chain) -----------------------------------
     aws_region: str | None = Field(
         default=None,

@@ -16,6 +16,7 @@ from scorer.metrics import Metrics
 from scorer.model import Model
 from scorer.openapi import build_spec
 from scorer.scoring import FetcherFactory, Scorer
+from scorer.shedding import Shedder
 from scorer.watchdog import Watchdog
 
 JSON = "application/json"
@@ -91,9 +92,26 @@ def create_app(
     app.extensions["scorer.watchdog"] = watchdog
     routes = frozenset(rule.rule for rule in app.url_map.iter_rules())
     app.wsgi_app = ScoreEndpoint(  # type: ignore[method-assign]
-        app.wsgi_app, scorer, metrics, settings.max_body_bytes, watchdog, routes
+        app.wsgi_app,
+        scorer,
+        metrics,
+        settings.max_body_bytes,
+        watchdog,
+        routes,
+        build_shedder(settings),
     )
     return app
+
+
+def build_shedder(settings: Settings) -> Shedder | None:
+    """Return the load-shedding policy the settings ask for (None: SHEDDING is off)."""
+    if not settings.shedding:
+        return None
+    return Shedder(
+        settings.shed_queue_target_ms / 1000,
+        settings.shed_queue_interval_ms / 1000,
+        settings.shed_max_queue_ms / 1000,
+    )
 
 
 def iso_utc(timestamp: float) -> str:

@@ -20,10 +20,10 @@ import signal
 import socket
 from typing import Any
 
-from scorer.balancing import BalancingThreadWorker
+from scorer.queueing import QueueTimedThreadWorker
 
 
-class DrainingThreadWorker(BalancingThreadWorker):
+class DrainingThreadWorker(QueueTimedThreadWorker):
     """gthread, closing its listeners when the graceful stop begins."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -71,6 +71,21 @@ class ModelFailed(ScorerError):
     status = 500
 
 
+class Overloaded(ScorerError):
+    """Refused to stay within capacity (shed): worth retrying once, elsewhere, in budget.
+
+    `reason` (queue, queue_limit, deadline, disconnected) labels the refusal's count and is
+    the first word after `overloaded: ` in its detail.
+    """
+
+    status = 503
+
+    def __init__(self, reason: str, detail: str, *, close: bool = False) -> None:
+        super().__init__(f"overloaded: {reason} - {detail}")
+        self.reason = reason
+        self.close = close  # the client has gone: no point keeping its connection
+
+
 class ModelNotLoaded(ScorerError):
     """The service has no model to score with."""
 

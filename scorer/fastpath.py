@@ -20,6 +20,7 @@ from scorer.deadlines import DeadlineExpired, DeadlineSocket
 from scorer.errors import (
     IncompleteRequest,
     InvalidRequest,
+    Overloaded,
     PayloadTooLarge,
     RequestTimeout,
     ScorerError,
@@ -27,7 +28,9 @@ from scorer.errors import (
 )
 from scorer.metrics import Metrics
 from scorer.payload import parse_score_request
+from scorer.queueing import QUEUE_DELAY
 from scorer.scoring import Scorer
+from scorer.shedding import Shedder
 from scorer.watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
@@ -124,8 +127,10 @@ class ScoreEndpoint:
         max_body_bytes: int,
         watchdog: Watchdog,
         routes: frozenset[str],
+        shedder: Shedder | None = None,
     ) -> None:
         self._app = app
+        self._shedder = shedder  # None: every request is scored, however late
         self._watchdog = watchdog
         self._routes = routes  # the wrapped app's paths, to label a 504 of one of them
         self._scorer = scorer
@@ -135,6 +140,7 @@ class ScoreEndpoint:
         self._max_streams = scorer.settings.max_streams
         self._count = {status: metrics.requests.labels(SCORE_PATH, status) for status in _REASONS}
         self._count_405 = metrics.requests.labels(UNMATCHED, 405)  # as Flask's routing errors
+        self._shed = metrics.shed
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
@@ -177,9 +183,22 @@ class ScoreEndpoint:
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
         started = time.perf_counter()
+        metrics, shedder = self._metrics, self._shedder
+        queue_delay = environ.get(QUEUE_DELAY)
+        if queue_delay is not None:
+            metrics.queue_delay.observe(queue_delay)
+        headers = [("Content-Type", "application/json")]
         answered = False  # by the watchdog, which has counted it then
+        refused = False
+        metrics.inflight.inc()
         try:
+            # Refused before the body is read (gunicorn drains it after the answer, so the
+            # connection stays usable) and long before the model runs.
+            if shedder is not None and (refusal := shedder.check(environ)) is not None:
+                raise refusal
             body = read_body(environ, self._limit, self._body_timeout)
+            if shedder is not None and (refusal := shedder.check_client(environ)) is not None:
+                raise refusal
             # Timed from here: a slow client is bounded by the body timeout, not the watchdog.
             token = self._watchdog.begin(environ, SCORE_PATH, timed=True)
             try:
@@ -189,16 +208,34 @@ class ScoreEndpoint:
             finally:
                 answered = self._watchdog.end(token)
             status = 200
+        except Overloaded as exc:
+            status, output, refused = exc.status, exc.json(), True
+            headers.append(("Retry-After", "1"))
+            if exc.close:
+                headers.append(("Connection", "close"))
+            self._shed[exc.reason].inc()
         except ScorerError as exc:
             status, output = exc.status, exc.json()
         except Exception:
             logger.exception("unhandled error scoring a request")
             status, output = 500, ScorerError("Internal Server Error").json()
-        start_response(
-            _REASONS[status],
-            [("Content-Type", "application/json"), ("Content-Length", str(len(output)))],
-        )
+        finally:
+            metrics.inflight.dec()
+        elapsed = time.perf_counter() - started
+        headers.append(("Content-Length", str(len(output))))
+        headers.append(("Server-Timing", server_timing(queue_delay, elapsed)))
+        start_response(_REASONS[status], headers)
         if not answered:  # else its client has its 504, and this answer goes nowhere
             self._count[status].inc()
-            self._metrics.request_duration.observe(time.perf_counter() - started)
+            if not refused:  # a refusal's few microseconds would hide the scored requests' time
+                metrics.request_duration.observe(elapsed)
+            if status == 200 and shedder is not None:
+                shedder.record_service(elapsed)
         return [output]
+
+
+def server_timing(queue_delay: float | None, app: float) -> str:
+    """Return the Server-Timing value: the wait for a thread (when known) and the app's time."""
+    if queue_delay is None:
+        return f"app;dur={app * 1000:.2f}"
+    return f"queue;dur={queue_delay * 1000:.2f}, app;dur={app * 1000:.2f}"

@@ -29,6 +29,8 @@ LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 )  # fmt: skip
 STAGES = ("features", "preprocess", "predict", "serialize")
+SHED_REASONS = ("queue", "queue_limit", "deadline", "disconnected")
+"""Why a /score request was refused under overload (scorer/shedding.py)."""
 
 
 class Metrics:
@@ -130,6 +132,24 @@ class Metrics:
             "Checks of the model's version that failed (retried the next period).",
             registry=r,
         )
+        self.queue_delay = Histogram(
+            "scorer_queue_delay_seconds",
+            "Time a /score request waited for a worker thread.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.requests_shed = Counter(
+            "scorer_requests_shed",
+            "/score requests refused with 503 to stay within capacity, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.inflight = Gauge(
+            "scorer_inflight_requests",
+            "/score requests a worker thread is answering, over all live workers.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         # Hot-path children resolved once: .labels() costs a lock and a dict lookup each call.
         self.stage = {stage: self.stage_duration.labels(stage) for stage in STAGES}
         self.hits_value = self.cache_hits.labels("value")
@@ -137,9 +157,10 @@ class Metrics:
         self.misses_fetched = self.cache_misses.labels("fetched")
         self.misses_coalesced = self.cache_misses.labels("coalesced")
         self.misses_invalid = self.cache_misses.labels("invalid")
-        # Both results exist from the start, so a dashboard shows 0 rather than no data.
+        # Every result and reason exists from the start, so a dashboard shows 0, not no data.
         self.reloads_succeeded = self.model_reloads.labels("success")
         self.reloads_failed = self.model_reloads.labels("failure")
+        self.shed = {reason: self.requests_shed.labels(reason) for reason in SHED_REASONS}
 
     def render(self) -> tuple[bytes, str]:
         """Return the exposition text of all workers, with the derived hit ratio."""

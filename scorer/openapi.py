@@ -17,6 +17,29 @@ _ERROR = {
     },
 }
 _JSON_OBJECT = {"type": "object", "additionalProperties": True}
+_SERVER_TIMING = {
+    "description": "`queue;dur=<ms>, app;dur=<ms>`: the wait for a worker thread (when known)"
+    " and the time the service took to answer.",
+    "schema": {"type": "string"},
+}
+_OVERLOADED = {
+    **_ERROR,
+    "description": "Refused to stay within capacity, `detail` starting `overloaded: <reason>`"
+    " (queue, queue_limit, deadline, disconnected): retry once, on another replica, within the"
+    " caller's own deadline. Also `ML Model not loaded`.",
+    "headers": {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying this replica.",
+            "schema": {"type": "integer", "minimum": 0},
+        },
+        "Server-Timing": _SERVER_TIMING,
+    },
+}
+
+
+def _timed(response: dict[str, Any]) -> dict[str, Any]:
+    """Return a /score response that carries the Server-Timing header."""
+    return {**response, "headers": {"Server-Timing": _SERVER_TIMING, **response.get("headers", {})}}
 
 
 def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -89,7 +112,11 @@ def build_spec(version: str, stream_features: list[str]) -> dict[str, Any]:
             "/score": {
                 "post": {
                     "summary": "Score streams for a user",
-                    "description": "Query parameters reach the model as params['query_params'].",
+                    "description": "Query parameters reach the model as params['query_params']."
+                    " A client's deadline, `X-Request-Timeout-Ms` or"
+                    " `x-envoy-expected-rq-timeout-ms` (ms, from `X-Request-Start` when a proxy"
+                    " sets it), is honoured: a request that cannot be answered within it is"
+                    " refused with 503 before the model runs.",
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -106,17 +133,19 @@ def build_spec(version: str, stream_features: list[str]) -> dict[str, Any]:
                         },
                     },
                     "responses": {
-                        "200": {
-                            "description": "The model's output as JSON; `{}` for no streams.",
-                            "content": {"application/json": {"schema": {}}},
-                        },
-                        "400": _ERROR,
-                        "404": _ERROR,
-                        "408": _ERROR,
-                        "413": _ERROR,
-                        "422": _ERROR,
-                        "500": _ERROR,
-                        "503": _ERROR,
+                        "200": _timed(
+                            {
+                                "description": "The model's output as JSON; `{}` for no streams.",
+                                "content": {"application/json": {"schema": {}}},
+                            }
+                        ),
+                        "400": _timed(_ERROR),
+                        "404": _timed(_ERROR),
+                        "408": _timed(_ERROR),
+                        "413": _timed(_ERROR),
+                        "422": _timed(_ERROR),
+                        "500": _timed(_ERROR),
+                        "503": _OVERLOADED,
                     },
                 }
             },

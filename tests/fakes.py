@@ -124,3 +124,22 @@ class Knot:
 
     def __init__(self) -> None:
         self.me = self
+
+
+def recording_predict(model_input: dict[str, Any], params: Any) -> dict[str, Any]:
+    """Append the user's id to the file `params["calls"]`, then sleep if the id says so.
+
+    A user id `sleep:1.5` holds its thread for 1.5 s, so a test can fill a worker's threads;
+    the file tells which requests the model ran.
+    """
+    userid = str(model_input["user"].get("userid", ""))
+    with open(params["calls"], "a", encoding="utf-8") as calls:
+        calls.write(userid + "\n")
+    if userid.startswith("sleep:"):
+        time.sleep(float(userid.removeprefix("sleep:")))
+    return {"user": userid, "streams": len(model_input["streams"])}
+
+
+def recording_model(calls: str) -> dict[str, Any]:
+    """Return a model that reads no features and records every request it runs in `calls`."""
+    return echo_model([], predict=recording_predict, params={"calls": calls})

@@ -358,6 +358,7 @@ DRAIN_TIMEOUT = 3
             "WEB_CONCURRENCY": "1",  # every connection below reaches the worker that retires
             "THREADS": "3",
             "BODY_TIMEOUT_SECONDS": "20",  # the slow body below is slow on purpose
+            "SHED_MAX_QUEUE_MS": "0",  # and the queued request waits seconds for a thread
         }
     ],
     indirect=True,

@@ -1,0 +1,96 @@
+"""Stamp each request with the time it waited for a worker thread, and hand it to the app.
+
+gunicorn's gthread worker queues a connection for its thread pool (`enqueue_req`: a new
+connection, a kept-alive one that became readable, a request pipelined behind another) and
+keeps no time of it; the request's own start is taken after the queue. This worker stamps the
+connection when it is queued, a thread measures the wait when it takes it, and the app finds,
+in the request's WSGI environ:
+
+- `scorer.queued_at`: `time.monotonic()` when the request was queued (its arrival, as far
+  as this worker can tell);
+- `scorer.queue_delay`: the seconds it waited for a thread.
+
+A new connection whose client has sent nothing yet when a thread takes it was waiting for its
+client, not for a thread (connection pools connect ahead of their requests): it gets neither.
+A connection waiting in the listen backlog, before a worker accepts it, is not seen either: a
+worker with a free thread accepts at once, a busy one within 2 ms (scorer/balancing.py).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from scorer.balancing import BalancingThreadWorker
+
+QUEUED_AT = "scorer.queued_at"
+QUEUE_DELAY = "scorer.queue_delay"
+
+_now = time.monotonic
+_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
+
+
+class _Stamp(threading.local):
+    """The request a pool thread is serving: when it was queued, how long it waited."""
+
+    queued_at: float | None = None
+    delay: float = 0.0
+
+
+class QueueTimedThreadWorker(BalancingThreadWorker):
+    """gthread that tells the app how long each request waited for a thread."""
+
+    wsgi: Callable[..., Iterable[bytes]]  # set by gunicorn's load_wsgi
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stamp = _Stamp()
+
+    def enqueue_req(self, conn: Any) -> None:
+        conn.scorer_queued_at = _now()
+        super().enqueue_req(conn)
+
+    def handle(self, conn: Any) -> Any:
+        taken = _now()
+        stamp = self._stamp
+        queued_at = getattr(conn, "scorer_queued_at", None)
+        if queued_at is None or (
+            not conn.initialized and not conn.data_ready and not _has_bytes(conn.sock)
+        ):
+            stamp.queued_at = None
+        else:
+            stamp.queued_at = queued_at
+            stamp.delay = taken - queued_at
+        return super().handle(conn)
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        self.wsgi = stamped(self.wsgi, self._stamp)
+
+
+def stamped(app: Callable[..., Iterable[bytes]], stamp: _Stamp) -> Callable[..., Iterable[bytes]]:
+    """Wrap the WSGI app so each request's environ carries its thread's stamp, once."""
+
+    def with_stamp(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        queued_at = stamp.queued_at
+        if queued_at is not None:
+            stamp.queued_at = None  # HTTP/2: the streams after the first were not queued
+            environ[QUEUED_AT] = queued_at
+            environ[QUEUE_DELAY] = stamp.delay
+        return app(environ, start_response)
+
+    return with_stamp
+
+
+def _has_bytes(sock: socket.socket) -> bool:
+    """Tell whether the client has sent anything yet (or closed), without waiting."""
+    try:
+        socket.socket.recv(sock, 1, _PEEK)
+    except BlockingIOError:
+        return False
+    except OSError:
+        pass
+    return True
