@@ -4,9 +4,10 @@ All workers poll one listening socket, and whichever wakes first accepts: with a
 connections (a client's pool, wrk's eight) one worker can end up holding most of them while
 another idles, and every request on them then waits for that worker's threads. Here a worker
 with half its threads or more busy stops accepting for a moment: a less busy worker takes the
-connection. If none does within `ACCEPT_DEFER_SECONDS`, a busy worker accepts it after all (the
-first whose wait ran out, which then waits again: the busy workers take turns), so a connection
-never waits for long in the kernel's backlog, where no queueing delay can be seen.
+connection. If none does within `ACCEPT_DEFER_SECONDS`, a busy worker takes it after all, one at
+a time in turns while it has threads to spare, and all that waits once it is queueing anyway:
+a connection never waits for long in the kernel's backlog, where its queueing delay cannot be
+seen (nor its request shed, see scorer/shedding.py).
 """
 
 from __future__ import annotations
@@ -44,8 +45,11 @@ class BalancingThreadWorker(DeadlineThreadWorker):
         super().finish_request(conn, fs)
 
     def accept(self, listener: Any) -> None:
-        self._waiting_since = None
         super().accept(listener)
+        if self.active <= self.cfg.threads:
+            # Wait again before the next one: the busy workers take turns. A worker already
+            # queueing past its threads keeps accepting instead, until the backlog is empty.
+            self._waiting_since = None
 
     def set_accept_enabled(self, enabled: bool) -> None:
         # gunicorn's loop asks for accepting on every iteration while it has room for

@@ -31,6 +31,7 @@ def server(emulator: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         MODEL_PATH=str(model),
         THREADS=str(THREADS),
         SWITCH_INTERVAL_MS="0.5",
+        SHEDDING="false",  # the burst below queues on purpose
         PROMETHEUS_MULTIPROC_DIR=str(tmp / "metrics"),
     )
     server = start_service(env, tmp)
