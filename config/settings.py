@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     """Window over which the queue delay must stay above the target before shedding starts."""
     shed_max_queue_ms: float = Field(default=100.0, alias="SHED_MAX_QUEUE_MS", ge=0)
     """Longest a request may wait for a thread in any case; 0: no cap."""
+    shed_warmup_seconds: float = Field(default=5.0, alias="SHED_WARMUP_SECONDS", ge=0)
+    """Seconds from a worker's first request during which waits are not refused: its feature
+    cache starts empty (at start and after every model reload)."""
 
     # --- AWS (credentials come from boto3's own chain) -----------------------------------
     aws_region: str | None = Field(

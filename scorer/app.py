@@ -111,6 +111,7 @@ def build_shedder(settings: Settings) -> Shedder | None:
         settings.shed_queue_target_ms / 1000,
         settings.shed_queue_interval_ms / 1000,
         settings.shed_max_queue_ms / 1000,
+        warmup=settings.shed_warmup_seconds,
     )
 
 

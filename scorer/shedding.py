@@ -127,12 +127,18 @@ class Shedder:
         interval: float,
         max_queue: float,
         *,
+        warmup: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         probe: Callable[[Any], bool] = client_gone,
     ) -> None:
         self.codel = Codel(target, interval, clock)
         self.max_queue = max_queue
+        # A worker starts with an empty feature cache: its first requests read the store and
+        # queue behind each other (after a model reload, on every worker at once). Waits in its
+        # first `warmup` seconds are not refused; deadlines and gone clients still are.
+        self.warmup = warmup
+        self._first_request: float | None = None
         self._clock = clock
         self._wall_clock = wall_clock
         self._probe = probe
@@ -146,7 +152,7 @@ class Shedder:
     def check(self, environ: Mapping[str, Any]) -> Overloaded | None:
         """Return why to refuse this request before its body is read, or None to go on."""
         delay = environ.get(QUEUE_DELAY)
-        if delay is not None:
+        if delay is not None and not self._warming_up():
             standing = self.codel.should_shed(delay)  # sees every delay, refused or not
             if self.max_queue and delay > self.max_queue:
                 return Overloaded(
@@ -171,6 +177,12 @@ class Shedder:
                 )
             return Overloaded("deadline", why)
         return None
+
+    def _warming_up(self) -> bool:
+        now = self._clock()
+        if self._first_request is None:
+            self._first_request = now  # in this worker: the policy is built before fork
+        return now - self._first_request < self.warmup
 
     def check_client(self, environ: Mapping[str, Any]) -> Overloaded | None:
         """Return a refusal if the request queued past the target and its client has gone."""

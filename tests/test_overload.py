@@ -37,6 +37,7 @@ def start(tmp: Path, emulator: int, workers: int, **values: str) -> tuple[Server
         MODEL_PATH=str(model),
         WEB_CONCURRENCY=str(workers),
         PROMETHEUS_MULTIPROC_DIR=str(tmp / "metrics"),
+        SHED_WARMUP_SECONDS="0",  # the bursts below come right after start
         **values,
     )
     return start_service(env, tmp, workers=workers), calls

@@ -118,6 +118,26 @@ def test_a_standing_queue_is_refused_naming_it() -> None:
     )
 
 
+def test_waits_are_not_refused_while_a_new_worker_warms_up() -> None:
+    clock = Clock()
+    policy = shedder(clock, warmup=5.0)
+    assert policy.check({QUEUE_DELAY: 0.150}) is None  # its first request starts the warm-up
+    overload(policy.codel, clock)
+    clock.now += 4.0
+    assert policy.check({QUEUE_DELAY: 0.150}) is None
+    clock.now += 1.5
+    refusal = policy.check({QUEUE_DELAY: 0.150})
+    assert refusal is not None and refusal.reason == "queue_limit"
+
+
+def test_a_deadline_is_refused_while_warming_up() -> None:
+    clock = Clock()
+    policy = shedder(clock, warmup=5.0)
+    policy.service_time = 0.010
+    refusal = policy.check({QUEUE_DELAY: 0.001, "HTTP_X_REQUEST_TIMEOUT_MS": "2"})
+    assert refusal is not None and refusal.reason == "deadline"
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
@@ -254,7 +274,7 @@ def shedding_app(**settings: Any) -> tuple[Flask, Metrics]:
 
 
 def test_a_refusal_is_a_503_with_retry_after_counted_by_reason() -> None:
-    app, metrics = shedding_app(SHED_MAX_QUEUE_MS=100)
+    app, metrics = shedding_app(SHED_MAX_QUEUE_MS=100, SHED_WARMUP_SECONDS=0)
     waited = {QUEUE_DELAY: 0.250, QUEUED_AT: 0.0}
     response = app.test_client().post("/score", json={"streams": []}, environ_base=waited)
 
