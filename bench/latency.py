@@ -16,9 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import openloop
-from load import BODIES, Workload, make_body, parse_wrk, run_wrk, warm_urls, write_lua
+from load import (
+    BODIES,
+    Workload,
+    make_body,
+    parse_wrk,
+    run_wrk,
+    warm_urls,
+    write_lua,
+    wrk_command,
+)
 from procs import cpu_seconds, worker_pids
-from rounds import MIN_FAIR_SHARE_FRACTION, ms
+from rounds import MIN_FAIR_SHARE_FRACTION, ms, round_ratios
 from scenarios import Bench, warm
 from servers import Server, ServerSpec, running
 
@@ -29,19 +38,7 @@ S8_MODELS = ("simple", "cpu4")
 
 
 def _wrk(url: str, lua: Path, seconds: float, conns: int) -> list[str]:
-    threads = min(2, conns)
-    return [
-        "wrk",
-        f"-t{threads}",
-        f"-c{conns}",
-        f"-d{seconds:g}s",
-        "--timeout",
-        "10s",
-        "--latency",
-        "-s",
-        str(lua),
-        url,
-    ]
+    return wrk_command(url, lua, seconds, threads=min(2, conns), conns=conns)
 
 
 def worker_shares(server: Server, before: dict[int, float]) -> dict[str, Any]:
@@ -111,20 +108,6 @@ def summarize_mixed(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def per_round_ratio(a: list[dict[str, Any]], b: list[dict[str, Any]], *path: str) -> dict[str, Any]:
-    """Ratio a/b of one field, round by round, and the median of those ratios."""
-    ratios = []
-    for ra, rb in zip(a, b, strict=False):
-        va: Any = ra
-        vb: Any = rb
-        for key in path:
-            va = va.get(key) if isinstance(va, dict) else None
-            vb = vb.get(key) if isinstance(vb, dict) else None
-        if isinstance(va, int | float) and isinstance(vb, int | float) and vb:
-            ratios.append(round(va / vb, 3))
-    return {"per_round": ratios, "median": round(statistics.median(ratios), 3) if ratios else None}
-
-
 def s7_mixed(bench: Bench) -> dict[str, Any]:
     """Mixed load: 2 connections of ~30 ms-CPU requests beside 6 of ordinary ones, ours vs seed."""
     model = bench.models["mixed"]
@@ -149,10 +132,10 @@ def s7_mixed(bench: Bench) -> dict[str, Any]:
     return {
         "summary": {label: summarize_mixed(rounds) for label, rounds in raw.items()},
         "ratios": {
-            "ordinary_p99": per_round_ratio(raw[ours], raw[seed], "ordinary", "latency_us", "p99"),
-            "ordinary_p50": per_round_ratio(raw[ours], raw[seed], "ordinary", "latency_us", "p50"),
-            "heavy_rps": per_round_ratio(raw[ours], raw[seed], "heavy", "rps"),
-            "ordinary_rps": per_round_ratio(raw[ours], raw[seed], "ordinary", "rps"),
+            "ordinary_p99": round_ratios(raw[ours], raw[seed], "ordinary", "latency_us", "p99"),
+            "ordinary_p50": round_ratios(raw[ours], raw[seed], "ordinary", "latency_us", "p50"),
+            "heavy_rps": round_ratios(raw[ours], raw[seed], "heavy", "rps"),
+            "ordinary_rps": round_ratios(raw[ours], raw[seed], "ordinary", "rps"),
         },
         "wrk_commands": {
             "heavy": " ".join(_wrk("URL", heavy_lua, bench.seconds, HEAVY_CONNS)),
