@@ -4,10 +4,11 @@ All workers poll one listening socket, and whichever wakes first accepts: with a
 connections (a client's pool, wrk's eight) one worker can end up holding most of them while
 another idles, and every request on them then waits for that worker's threads. Here a worker
 with half its threads or more busy stops accepting for a moment: a less busy worker takes the
-connection. If none does within `ACCEPT_DEFER_SECONDS`, a busy worker takes it after all, one at
-a time in turns while it has threads to spare, and all that waits once it is queueing anyway:
-a connection never waits for long in the kernel's backlog, where its queueing delay cannot be
-seen (nor its request shed, see scorer/shedding.py).
+connection. If none does within `ACCEPT_DEFER_SECONDS` per request it has past that, a busy worker
+takes it after all (the less busy first), one at a time while it has threads to spare, and all
+that waits once it is queueing anyway: a connection never waits for long in the kernel's
+backlog, where its queueing delay cannot be seen (nor its request shed, see
+scorer/shedding.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any
 from scorer.deadlines import DeadlineThreadWorker
 
 ACCEPT_DEFER_SECONDS = 0.002
-"""How long a busy worker leaves a waiting connection to the others."""
+"""How long a busy worker leaves a waiting connection to the others, per request it has in
+progress past half its threads."""
 
 
 class BalancingThreadWorker(DeadlineThreadWorker):
@@ -78,7 +80,9 @@ class BalancingThreadWorker(DeadlineThreadWorker):
         now = time.monotonic()
         if self._waiting_since is None:
             self._waiting_since = now
-        if now - self._waiting_since >= ACCEPT_DEFER_SECONDS:
+        # The busier the worker, the longer it leaves the connection to the others: of two
+        # busy workers waiting for the same connection, the less busy one takes it.
+        if now - self._waiting_since >= ACCEPT_DEFER_SECONDS * (self.active - self._share + 1):
             return True  # no less busy worker took it: take it, and queue it here
         self._deferring = True
         return False

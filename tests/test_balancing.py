@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -48,16 +49,16 @@ def score(conn: http.client.HTTPConnection, sleep: float) -> dict[str, float]:
     return answer
 
 
-def test_connections_opened_together_spread_over_both_workers(server: Server) -> None:
-    # Each connection's first request keeps a thread busy for a while, so a worker whose
-    # threads are all busy must leave the next connections to the other one.
+def test_connections_opened_one_after_another_spread_over_both_workers(server: Server) -> None:
+    # Each connection's first request keeps a thread busy past the last connection's arrival,
+    # so every worker has to choose while the others are busy: the less busy one must take it.
     pids: list[int] = []
     lock = threading.Lock()
 
     def client() -> None:
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
         try:
-            pid = int(score(conn, 1.0)["pid"])
+            pid = int(score(conn, 2.0)["pid"])
             for _ in range(3):  # kept alive: the same worker answers again
                 assert int(score(conn, 0)["pid"]) == pid
         finally:
@@ -68,6 +69,7 @@ def test_connections_opened_together_spread_over_both_workers(server: Server) ->
     clients = [threading.Thread(target=client) for _ in range(CONNECTIONS)]
     for thread in clients:
         thread.start()
+        time.sleep(0.15)  # one connection at a time, each request still running at the last
     for thread in clients:
         thread.join(timeout=60)
 
