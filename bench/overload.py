@@ -22,14 +22,12 @@ request's (sequential requests on one kept-alive connection, /proc CPU time of t
 from __future__ import annotations
 
 import argparse
-import datetime
 import http.client
 import json
 import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -42,13 +40,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from alone import fresh_bench, output_path
 from client import connect, post_score
-from emulator import create_features_table, pickle_models, start_emulator, upload_models
-from load import BODIES, POOL, Workload, make_body, run_wrk, warm_urls, write_lua
+from load import BODIES, Workload, make_body, run_wrk, warm_urls, write_lua
 from openloop import MARK
-from procs import cpu_seconds, free_port, stop_process
+from procs import cpu_seconds
 from scenarios import Bench, warm
-from servers import BENCH_DIR, SEED_VENV, Server, ServerSpec, running
+from servers import BENCH_DIR, Server, ServerSpec, running
 
 LOADS = (0.5, 0.8, 1.0, 2.0, 4.0)
 DEADLINE_MS = 250.0
@@ -576,32 +574,14 @@ def main() -> int:
         "--only", default="", help="servers to run: ours, 'ours, no shedding', seed (;-separated)"
     )
     args = parser.parse_args()
-    results_dir = BENCH_DIR / "results"
-    log_dir = results_dir / "logs"
-    port = free_port()
-    emulator = start_emulator(port, log_dir / "moto-overload.log")
-    endpoint = f"http://127.0.0.1:{port}"
-    python = SEED_VENV / "bin" / "python"
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-models-") as tmp:
-            pickler = python if python.exists() else Path(sys.executable)
-            pickle_models(pickler, BENCH_DIR / "models.py", Path(tmp))
-            create_features_table(endpoint, POOL)
-            models = upload_models(endpoint, Path(tmp))
-        seconds, warmup = (2.0, 1.0) if args.short else (5.0, 4.0)
-        bench = Bench(
-            endpoint, models, log_dir, results_dir / "lua", seconds=seconds, warmup=warmup
-        )
-        loads = tuple(float(m) for m in args.loads.split(","))
-        names = tuple(n.strip() for n in args.only.split(";") if n.strip())
+    seconds, warmup = (2.0, 1.0) if args.short else (5.0, 4.0)
+    loads = tuple(float(m) for m in args.loads.split(","))
+    names = tuple(n.strip() for n in args.only.split(";") if n.strip())
+    with fresh_bench("overload", seconds=seconds, warmup=warmup) as bench:
         result = s9_overload(bench, loads, seconds=3.0 if args.short else None, names=names)
-    finally:
-        stop_process(emulator)
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    out_dir = log_dir if args.short else results_dir  # a short run checks, it is no figure to keep
-    out = out_dir / f"overload-{stamp}.json"
+    out = output_path("overload", args.short)
     out.write_text(json.dumps(result, indent=1))
-    chart = out_dir / f"overload-{stamp}.png"
+    chart = out.with_suffix(".png")
     write_chart(result, chart)
     print("\n".join(report_lines(result, chart.name)))
     print(f"[s9] wrote {out} and {chart}")

@@ -19,33 +19,27 @@ workers: 4 workers after the reload over 1 fresh worker, goal <= 1.2 (as S5).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from alone import fresh_bench, output_path
 from client import send_all
 from emulator import (
     BUCKET,
     client,
-    create_features_table,
-    pickle_models,
-    start_emulator,
-    upload_models,
 )
-from load import BODIES, POOL, Workload, make_body, run_wrk, warm_urls, write_lua
+from load import BODIES, Workload, make_body, run_wrk, warm_urls, write_lua
 from memory import tree_pss_mib
-from procs import cmdline, free_port, stop_process, worker_pids
+from procs import cmdline, worker_pids
 from scenarios import Bench, warm
-from servers import BENCH_DIR, SEED_VENV, Server, ServerSpec, running
+from servers import Server, ServerSpec, running
 
 RELOAD_BUCKET = "bench-reload"
 POLL_SECONDS = 1
@@ -287,26 +281,9 @@ def main() -> int:
     if shutil.which("wrk") is None:
         print("wrk is missing: run bash bench/setup.sh", file=sys.stderr)
         return 2
-    results_dir = BENCH_DIR / "results"
-    log_dir = results_dir / "logs"
-    port = free_port()
-    emulator = start_emulator(port, log_dir / "moto-reload.log")
-    endpoint = f"http://127.0.0.1:{port}"
-    # The harness pickles with the seed's cloudpickle; alone, without its venv, ours will do.
-    python = SEED_VENV / "bin" / "python"
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-models-") as tmp:
-            pickler = python if python.exists() else Path(sys.executable)
-            pickle_models(pickler, BENCH_DIR / "models.py", Path(tmp))
-            create_features_table(endpoint, POOL)
-            models = upload_models(endpoint, Path(tmp))
-        bench = Bench(endpoint, models, log_dir, results_dir / "lua", warmup=args.warmup)
+    with fresh_bench("reload", warmup=args.warmup) as bench:
         result = reload_scenario(bench, short=args.short)
-    finally:
-        stop_process(emulator)
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    # A short run is a check that the scenario works, not a figure to keep.
-    out = (log_dir if args.short else results_dir) / f"reload-{stamp}.json"
+    out = output_path("reload", args.short)
     out.write_text(json.dumps(result, indent=1))
     print(json.dumps({k: result[k] for k in ("failed", "poll_seconds")}, indent=1))
     print(json.dumps({"switch": summary(result["switch"]), "memory": result["memory"]}, indent=1))
