@@ -103,19 +103,37 @@ def start_service(env: dict[str, str], tmp: Path, workers: int = 2, cwd: Path = 
     process = run_gunicorn(env, log, cwd)
     server = Server(process, int(env["PORT"]), log, Path(env["PROMETHEUS_MULTIPROC_DIR"]))
 
-    def healthy() -> bool:
+    wait_ready(
+        process,
+        log,
+        server.url("/health"),
+        "gunicorn",
+        also=lambda: len(worker_pids(process.pid)) == workers,
+    )
+    return server
+
+
+def wait_ready(
+    process: subprocess.Popen[bytes],
+    log: Path,
+    url: str,
+    name: str,
+    also: Callable[[], bool] = lambda: True,
+) -> None:
+    """Wait until `url` answers 2xx (and `also` holds); fail with the log if the process dies."""
+
+    def ready() -> bool:
         if process.poll() is not None:
-            raise RuntimeError("gunicorn exited:\n" + log.read_text())
+            raise RuntimeError(f"{name} exited:\n" + log.read_text())
         try:
-            with urllib.request.urlopen(server.url("/health"), timeout=1):
-                return len(worker_pids(process.pid)) == workers
+            with urllib.request.urlopen(url, timeout=1):
+                return also()
         except OSError:
             return False
 
-    if not wait_until(healthy, 30):
+    if not wait_until(ready, 30):
         process.kill()
-        raise RuntimeError("gunicorn did not start:\n" + log.read_text())
-    return server
+        raise RuntimeError(f"{name} did not start:\n" + log.read_text())
 
 
 def stop_service(server: Server) -> None:

@@ -27,7 +27,15 @@ from tests import fakes
 from tests.conftest import seed_features
 from tests.deploykit import DASHBOARD, debian_tool, recording_rules, rules_spec
 from tests.faultproxy import PASS, THROTTLE, UNPROCESSED, FaultProxy
-from tests.servers import Server, gunicorn_env, start_service, stop_service, wait_until, worker_pids
+from tests.servers import (
+    Server,
+    gunicorn_env,
+    start_service,
+    stop_service,
+    wait_ready,
+    wait_until,
+    worker_pids,
+)
 
 TABLE = "prometheus-features"
 FEATURES = fakes.FEATURES
@@ -86,21 +94,8 @@ def start_prometheus(tmp: Path, target_port: int) -> Prometheus:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    prometheus = Prometheus(process, port, log)
-
-    def ready() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError("prometheus exited:\n" + log.read_text())
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=1):
-                return True
-        except OSError:
-            return False
-
-    if not wait_until(ready, 30):
-        process.kill()
-        raise RuntimeError("prometheus did not start:\n" + log.read_text())
-    return prometheus
+    wait_ready(process, log, f"http://127.0.0.1:{port}/-/ready", "prometheus")
+    return Prometheus(process, port, log)
 
 
 # --- the stack and its traffic -------------------------------------------------------------
