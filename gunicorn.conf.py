@@ -80,9 +80,12 @@ def post_fork(server: Any, worker: Any) -> None:
     from scorer.worker import init_worker
 
     worker.head_timeout = settings.head_timeout_seconds
+    app = worker.app.wsgi()
+    if hasattr(worker, "admit_with"):  # scorer/admission.py; not a worker class given with -k
+        worker.admit_with(app.extensions.get("scorer.shedder"), app.extensions["scorer"].metrics)
     # DrainingThreadWorker.retire; a worker class given with -k has none (see scorer/watchdog.py).
     init_worker(
-        worker.app.wsgi(),
+        app,
         getattr(worker, "retire", None),
         master_pid=worker.ppid,
         is_alive=lambda: bool(worker.alive),

@@ -91,14 +91,10 @@ def create_app(
     watchdog = Watchdog(settings.timeout, metrics)
     app.extensions["scorer.watchdog"] = watchdog
     routes = frozenset(rule.rule for rule in app.url_map.iter_rules())
+    shedder = build_shedder(settings)
+    app.extensions["scorer.shedder"] = shedder  # the worker refuses on arrival by it too
     app.wsgi_app = ScoreEndpoint(  # type: ignore[method-assign]
-        app.wsgi_app,
-        scorer,
-        metrics,
-        settings.max_body_bytes,
-        watchdog,
-        routes,
-        build_shedder(settings),
+        app.wsgi_app, scorer, metrics, settings.max_body_bytes, watchdog, routes, shedder
     )
     return app
 

@@ -20,10 +20,10 @@ import signal
 import socket
 from typing import Any
 
-from scorer.queueing import QueueTimedThreadWorker
+from scorer.admission import AdmittingThreadWorker
 
 
-class DrainingThreadWorker(QueueTimedThreadWorker):
+class DrainingThreadWorker(AdmittingThreadWorker):
     """gthread, closing its listeners when the graceful stop begins."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

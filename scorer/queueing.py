@@ -12,6 +12,10 @@ in the request's WSGI environ:
 
 A new connection whose client has sent nothing yet when a thread takes it was waiting for its
 client, not for a thread (connection pools connect ahead of their requests): it gets neither.
+
+The main loop also keeps the line itself: `oldest_wait()` is how long the request longest in
+line for a thread has waited so far, what a request arriving now can expect to wait at least
+(scorer/admission.py refuses on it).
 A connection waiting in the listen backlog, before a worker accepts it, is not seen either: a
 worker with a free thread accepts at once, a busy one within 2 ms (scorer/balancing.py).
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -40,6 +45,16 @@ class _Stamp(threading.local):
     delay: float = 0.0
 
 
+class _Ticket:
+    """One request's place in line: when it was queued, and whether a thread has taken it."""
+
+    __slots__ = ("queued_at", "taken")
+
+    def __init__(self, queued_at: float) -> None:
+        self.queued_at = queued_at
+        self.taken = False  # set by the pool thread; read by the main loop
+
+
 class QueueTimedThreadWorker(BalancingThreadWorker):
     """gthread that tells the app how long each request waited for a thread."""
 
@@ -48,13 +63,37 @@ class QueueTimedThreadWorker(BalancingThreadWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._stamp = _Stamp()
+        # Requests handed to the pool in order, the taken ones dropped lazily; main thread only.
+        self._line: deque[_Ticket] = deque()
 
     def enqueue_req(self, conn: Any) -> None:
-        conn.scorer_queued_at = _now()
+        now = _now()
+        conn.scorer_queued_at = now
+        ticket = conn.scorer_ticket = _Ticket(now)
+        self._trim_line()
+        self._line.append(ticket)
         super().enqueue_req(conn)
+
+    def oldest_wait(self) -> float:
+        """Return how long the request longest in line for a thread has waited (0: none waits).
+
+        Main thread only. The pool takes requests in the order they were queued, so a request
+        queued now waits at least until those ahead of it are taken.
+        """
+        self._trim_line()
+        line = self._line
+        return _now() - line[0].queued_at if line else 0.0
+
+    def _trim_line(self) -> None:
+        line = self._line
+        while line and line[0].taken:
+            line.popleft()
 
     def handle(self, conn: Any) -> Any:
         taken = _now()
+        ticket = getattr(conn, "scorer_ticket", None)
+        if ticket is not None:
+            ticket.taken = True
         stamp = self._stamp
         queued_at = getattr(conn, "scorer_queued_at", None)
         if queued_at is None or (

@@ -35,6 +35,8 @@ from scorer.queueing import QUEUE_DELAY, QUEUED_AT
 
 TIMEOUT_HEADERS = ("HTTP_X_REQUEST_TIMEOUT_MS", "HTTP_X_ENVOY_EXPECTED_RQ_TIMEOUT_MS")
 REQUEST_START_HEADER = "HTTP_X_REQUEST_START"
+# The same headers as they arrive on the wire, lower-case (scorer/admission.py reads them).
+_DEADLINE_HEADERS = ("x-request-timeout-ms", "x-envoy-expected-rq-timeout-ms", "x-request-start")
 SERVICE_TIME_WEIGHT = 0.125
 """Weight of the newest scored request in the moving average of the service time."""
 
@@ -68,6 +70,14 @@ class Codel:
             if delay < self._min_delay:
                 self._min_delay = delay
             return self._overloaded and delay > 2 * self.target
+
+    def standing(self) -> bool:
+        """Tell, without observing a delay, whether a request waiting over twice the target
+        would be shed now: the last interval was overloaded (or the one just ended was)."""
+        with self._lock:
+            if self._clock() >= self._interval_end:
+                return self._min_delay > self.target
+            return self._overloaded
 
 
 def parse_timeout(value: str) -> float | None:
@@ -174,6 +184,44 @@ class Shedder:
                 why = (
                     f"{_ms(left)} ms left of the client's deadline;"
                     f" scoring takes about {_ms(self.service_time)} ms"
+                )
+            return Overloaded("deadline", why)
+        return None
+
+    def check_arrival(self, oldest_wait: float, headers: Mapping[str, str]) -> Overloaded | None:
+        """Return why to refuse a request as it arrives, or None to queue it for a thread.
+
+        `oldest_wait` is how long the request longest in line for a thread has waited: one
+        queued now waits at least until that one is taken. The same rules as `check`, on
+        that wait instead of the request's own (it has none yet). `headers` are the
+        request's, names lower-case.
+        """
+        if not self._warming_up():
+            line = (
+                f"the request longest in line for a worker thread has waited {_ms(oldest_wait)} ms"
+            )
+            if self.max_queue and oldest_wait > self.max_queue:
+                return Overloaded("queue_limit", f"{line}, over the {_ms(self.max_queue)} ms limit")
+            if oldest_wait > 2 * self.codel.target and self.codel.standing():
+                return Overloaded(
+                    "queue",
+                    f"{line}; the queue has stayed over {_ms(self.codel.target)} ms"
+                    f" for {_ms(self.codel.interval)} ms",
+                )
+        environ = {
+            f"HTTP_{name.upper().replace('-', '_')}": value
+            for name in _DEADLINE_HEADERS
+            if (value := headers.get(name)) is not None
+        }
+        left = self.time_left(environ)
+        if left is not None and left < oldest_wait + self.service_time:
+            if left < 0:
+                why = f"the client's deadline passed {_ms(-left)} ms ago"
+            else:
+                why = (
+                    f"{_ms(left)} ms left of the client's deadline; the request longest in"
+                    f" line for a worker thread has waited {_ms(oldest_wait)} ms and scoring"
+                    f" takes about {_ms(self.service_time)} ms"
                 )
             return Overloaded("deadline", why)
         return None

@@ -308,3 +308,69 @@ def test_without_a_queue_stamp_server_timing_has_the_app_time_only() -> None:
 
     assert response.status_code == 200
     assert response.headers["Server-Timing"].startswith("app;dur=")
+
+
+# --- on arrival: the same rules on the wait of the request longest in line -------------------
+
+
+def test_on_arrival_a_line_over_the_cap_is_refused_naming_the_line() -> None:
+    clock = Clock()
+    refusal = shedder(clock).check_arrival(0.150, {})
+    assert refusal is not None and refusal.reason == "queue_limit"
+    assert refusal.detail == (
+        "overloaded: queue_limit - the request longest in line for a worker thread has waited"
+        " 150 ms, over the 100 ms limit"
+    )
+    assert shedder(clock).check_arrival(0.090, {}) is None  # under the cap, no standing queue
+
+
+def test_on_arrival_a_standing_queue_refuses_a_line_over_twice_the_target() -> None:
+    clock = Clock()
+    policy = shedder(clock)
+    assert policy.check_arrival(0.020, {}) is None  # no interval has seen a standing queue
+    overload(policy.codel, clock)
+    assert policy.codel.standing()
+    refusal = policy.check_arrival(0.020, {})
+    assert refusal is not None and refusal.reason == "queue"
+    assert policy.check_arrival(0.008, {}) is None  # within twice the target
+
+
+def test_standing_reads_the_interval_that_just_ended_without_observing() -> None:
+    clock = Clock()
+    codel = Codel(TARGET, INTERVAL, clock)
+    clock.now += INTERVAL  # past the interval the policy was made in
+    feed(codel, clock, [0.020] * 5)  # an interval in which every wait is over the target
+    assert not codel.standing()  # still inside it
+    clock.now += INTERVAL
+    assert codel.standing()  # it ended overloaded: a request over 2x target is shed now
+    assert not codel.should_shed(0.020)  # the request that opens the next interval is not
+    assert codel.should_shed(0.020)  # but the next one is, as standing() said
+
+
+def test_on_arrival_a_deadline_shorter_than_the_line_is_refused() -> None:
+    clock = Clock()
+    policy = shedder(clock, max_queue=0)
+    policy.record_service(0.040)  # scoring takes 5 ms on average
+    assert policy.check_arrival(0.300, {"x-request-timeout-ms": "1000"}) is None
+    refusal = policy.check_arrival(0.300, {"x-request-timeout-ms": "250"})
+    assert refusal is not None and refusal.reason == "deadline"
+    assert refusal.detail == (
+        "overloaded: deadline - 250 ms left of the client's deadline; the request longest in"
+        " line for a worker thread has waited 300 ms and scoring takes about 5 ms"
+    )
+    # A proxy's start stamp counts: its budget passed before the request got here.
+    stale = f"t={1_700_000_000.0 - 1.0:.3f}"
+    refusal = policy.check_arrival(
+        0.001, {"x-envoy-expected-rq-timeout-ms": "500", "x-request-start": stale}
+    )
+    assert refusal is not None and refusal.detail.startswith(
+        "overloaded: deadline - the client's deadline passed 500 ms ago"
+    )
+
+
+def test_on_arrival_a_new_worker_refuses_no_wait_while_warming_up() -> None:
+    clock = Clock()
+    policy = shedder(clock, warmup=5.0)
+    assert policy.check_arrival(10.0, {}) is None
+    refusal = policy.check_arrival(10.0, {"x-request-timeout-ms": "100"})
+    assert refusal is not None and refusal.reason == "deadline"

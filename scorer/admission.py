@@ -1,0 +1,191 @@
+"""Refuse a request as it arrives, in the worker's main loop, while its threads are backed up.
+
+A request refused by a pool thread (scorer/shedding.py) has first waited in line for that
+thread, behind requests whose model holds the interpreter: under overload its 503 comes as
+late as a scored answer would. Here the main loop, when a connection brings a request and the
+request longest in line for a thread has waited past the target, reads the request's head
+without taking it off the socket (a peek) and applies the same rules to that wait
+(`Shedder.check_arrival`). A request refused takes no thread: the loop takes its bytes off the
+socket, writes the 503 and keeps the connection for the client's next request.
+
+Only a plain, complete `POST /score` over HTTP/1.1 with a `Content-Length` is refused here;
+anything else (a body still on its way, chunked, `Expect`, TLS, HTTP/2, bytes already read
+ahead by the parser) goes to the pool as before and meets the thread's checks there. While the
+line is short nothing is peeked: an unloaded worker pays one comparison per request.
+"""
+
+from __future__ import annotations
+
+import re
+import selectors
+import socket
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from gunicorn import SERVER
+from gunicorn.util import http_date
+
+from scorer.errors import Overloaded
+from scorer.fastpath import SCORE_PATH
+from scorer.metrics import Metrics
+from scorer.queueing import QueueTimedThreadWorker
+from scorer.shedding import Shedder
+
+PEEK_BYTES = 65536
+"""The most of a request the main loop looks at; a longer one goes to a thread."""
+
+_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
+_TAKE = socket.MSG_DONTWAIT
+_HEAD = re.compile(
+    rb"POST /score(?:\?[^ \r\n]*)? HTTP/1\.1\r\n"
+    rb"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[ \t]*[^\r\n]*\r\n)*)\r\n"
+)
+_LENGTH = re.compile(r"[0-9]{1,12}")
+# Any of these and the request is left to gunicorn's own parser and the pool.
+_NOT_HERE = frozenset({"transfer-encoding", "expect", "upgrade", "http2-settings"})
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A whole request waiting on a socket: its size in bytes, its headers (lower-case)."""
+
+    size: int
+    headers: dict[str, str]
+
+    @property
+    def close(self) -> bool:
+        """Tell whether the client asked to close the connection after this answer."""
+        return "close" in self.headers.get("connection", "").lower()
+
+
+def parse_arrival(data: bytes) -> Arrival | None:
+    """Return the request at the start of `data` if it is a whole plain `POST /score`, else None.
+
+    None is not an error: the request goes to a thread, whose parser answers a bad one.
+    """
+    match = _HEAD.match(data)
+    if match is None:
+        return None
+    headers: dict[str, str] = {}
+    for line in match.group(1).split(b"\r\n")[:-1]:
+        name, _, value = line.partition(b":")
+        key = name.decode("ascii").lower()
+        if key in headers or key in _NOT_HERE:
+            return None  # a repeated header is for gunicorn to judge
+        headers[key] = value.strip(b" \t").decode("latin-1")
+    length = headers.get("content-length")
+    if length is None or not _LENGTH.fullmatch(length):
+        return None
+    size = match.end() + int(length)
+    if size > len(data):
+        return None  # the body is still on its way
+    return Arrival(size, headers)
+
+
+def peek_arrival(sock: socket.socket) -> Arrival | None:
+    """Look at what waits on `sock` without taking it; return it if it is a whole request."""
+    try:
+        data = socket.socket.recv(sock, PEEK_BYTES, _PEEK)
+    except OSError:
+        return None
+    return parse_arrival(data) if data else None
+
+
+def refusal_response(refusal: Overloaded, close: bool, decided_in: float) -> bytes:
+    """Return the 503 as the pool thread's path writes it: same status, headers and body."""
+    body = refusal.json()
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\n"
+        f"Server: {SERVER}\r\n"
+        f"Date: {http_date()}\r\n"
+        f"Connection: {'close' if close else 'keep-alive'}\r\n"
+        "Content-Type: application/json\r\n"
+        "Retry-After: 1\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        # It waited for no thread: its queue time is none, the decision is its service time.
+        f"Server-Timing: queue;dur=0.00, app;dur={decided_in * 1000:.2f}\r\n"
+        "\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+class AdmittingThreadWorker(QueueTimedThreadWorker):
+    """gthread that refuses a request on arrival while the line for its threads is too long."""
+
+    #: The service's policy, set after fork by `admit_with`; with none (SHEDDING=false, or
+    #: another app) every request is queued.
+    shedder: Shedder | None = None
+    _shed: dict[str, Any] | None = None
+    _refused: Any = None
+
+    def admit_with(self, shedder: Shedder | None, metrics: Metrics) -> None:
+        """Refuse on arrival by `shedder`'s rules, counted in `metrics` as the app counts."""
+        self.shedder = shedder
+        self._shed = metrics.shed
+        self._refused = metrics.requests.labels(SCORE_PATH, 503)
+
+    def enqueue_req(self, conn: Any) -> None:
+        shedder = self.shedder
+        if shedder is not None and self.alive:
+            wait = self.oldest_wait()
+            if wait > 2 * shedder.codel.target and self._refuse_on_arrival(conn, wait, shedder):
+                return
+        super().enqueue_req(conn)
+
+    def _refuse_on_arrival(self, conn: Any, wait: float, shedder: Shedder) -> bool:
+        """Answer conn's request with a 503 here if the policy refuses it; tell whether it did."""
+        started = time.perf_counter()
+        if conn.is_http2 or self.cfg.is_ssl:
+            return False
+        parser = conn.parser
+        if parser is not None and parser.unreader.buf.getvalue():
+            return False  # the parser holds bytes read ahead: they are the request's start
+        arrival = peek_arrival(conn.sock)
+        if arrival is None:
+            return False
+        refusal = shedder.check_arrival(wait, arrival.headers)
+        if refusal is None:
+            return False
+        sock = conn.sock
+        try:
+            left = arrival.size
+            while left:  # the bytes peeked are there: this does not wait
+                chunk = socket.socket.recv(sock, left, _TAKE)
+                if not chunk:
+                    raise ConnectionResetError
+                left -= len(chunk)
+        except OSError:
+            self._close(conn)
+            return True
+        close = (
+            arrival.close
+            or not self.cfg.keepalive
+            or len(self.keepalived_conns) >= self.max_keepalived
+        )
+        response = refusal_response(refusal, close, time.perf_counter() - started)
+        try:
+            sent = socket.socket.send(sock, response, _TAKE)
+        except OSError:
+            sent = -1
+        self._count(refusal)
+        if close or sent != len(response):
+            self._close(conn)  # a client not reading its answers is not worth a wait here
+            return True
+        # Kept alive, as gunicorn keeps a connection after an answer.
+        conn.set_timeout()
+        self.keepalived_conns.append(conn)
+        self.poller.register(
+            sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn)
+        )
+        return True
+
+    def _count(self, refusal: Overloaded) -> None:
+        if self._shed is not None:
+            self._shed[refusal.reason].inc()
+            self._refused.inc()
+
+    def _close(self, conn: Any) -> None:
+        self.nr_conns -= 1
+        conn.close()

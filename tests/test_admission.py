@@ -1,0 +1,201 @@
+"""Refusing on arrival, in the worker's main loop: what it peeks at, and under real gunicorn.
+
+The gunicorn tests hold a worker's only thread with a model call that sleeps (`sleep:N`, as in
+tests/test_overload.py), queue a second request behind it, and let the line's wait grow to
+seconds, so that each outcome is certain; nothing here asserts a duration.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scorer.admission import parse_arrival
+from tests.servers import Server, stop_service, wait_until
+from tests.test_overload import calls_of, read_response, reason_of, request_bytes, shed_counts
+from tests.test_overload import start as start_recording
+
+BODY = b'{"user": {"userid": "u"}, "streams": []}'
+
+
+def raw(head: str, body: bytes = BODY) -> bytes:
+    return head.replace("\n", "\r\n").encode() + b"\r\n\r\n" + body
+
+
+def test_a_whole_post_score_is_taken_with_its_size_and_headers() -> None:
+    data = raw(
+        "POST /score?debug=1 HTTP/1.1\nHost: x\n"
+        f"Content-Length: {len(BODY)}\nX-Request-Timeout-Ms: 250"
+    )
+    arrival = parse_arrival(data + b"POST /score HTTP/1.1\r\n")  # the next request pipelined
+    assert arrival is not None
+    assert arrival.size == len(data)
+    assert arrival.headers["x-request-timeout-ms"] == "250"
+    assert not arrival.close
+    closing = parse_arrival(
+        raw(f"POST /score HTTP/1.1\nConnection: Close\nContent-Length: {len(BODY)}")
+    )
+    assert closing is not None and closing.close
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        raw(f"POST /score HTTP/1.1\nContent-Length: {len(BODY)}", BODY[:-1]),  # body on its way
+        raw("POST /score HTTP/1.1\nContent-Length: 10", b""),  # the head only
+        b"POST /score HTTP/1.1\r\nContent-Length: 3\r\n",  # the head not all in
+        raw("POST /score HTTP/1.1\nTransfer-Encoding: chunked", b"0\r\n\r\n"),
+        raw(f"POST /score HTTP/1.1\nExpect: 100-continue\nContent-Length: {len(BODY)}"),
+        raw("POST /score HTTP/1.1"),  # no length: gunicorn's to judge
+        raw(f"POST /score HTTP/1.1\nContent-Length: {len(BODY)}\nContent-Length: {len(BODY)}"),
+        raw("POST /score HTTP/1.1\nContent-Length: -1"),
+        raw(f"POST /score HTTP/1.1\nContent-Length : {len(BODY)}"),  # space before the colon
+        raw(f"POST /score HTTP/1.1\nX: a\n folded\nContent-Length: {len(BODY)}"),  # obs-fold
+        raw(f"POST /score HTTP/1.0\nContent-Length: {len(BODY)}"),
+        raw(f"POST /scores HTTP/1.1\nContent-Length: {len(BODY)}"),
+        raw(f"GET /score HTTP/1.1\nContent-Length: {len(BODY)}"),
+        raw(f"POST /health HTTP/1.1\nContent-Length: {len(BODY)}"),
+        b"",
+    ],
+)
+def test_anything_but_a_whole_plain_post_score_is_left_to_a_thread(data: bytes) -> None:
+    assert parse_arrival(data) is None
+
+
+# --- under gunicorn ------------------------------------------------------------------------
+
+
+def one_thread(emulator: int, tmp: Path, **values: str) -> Server:
+    server, _ = start_recording(tmp, emulator, 1, THREADS="1", **values)
+    return server
+
+
+@pytest.fixture
+def kept_alive() -> Iterator[list[socket.socket]]:
+    socks: list[socket.socket] = []
+    yield socks
+    for sock in socks:
+        sock.close()
+
+
+def connect(server: Server, socks: list[socket.socket]) -> socket.socket:
+    """A connection that has been answered once, so the worker keeps it in its poller."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    socks.append(sock)
+    sock.sendall(request_bytes("hello"))
+    assert read_response(sock)[0] == 200
+    return sock
+
+
+def back_up(server: Server, seconds: float) -> tuple[threading.Thread, list[int]]:
+    """Hold the only thread for `seconds`, queue one request behind it, and wait for the line.
+
+    Returns the thread answering both and the statuses it collected: the queued request, in
+    line far past any target, is refused by the thread when its turn comes.
+    """
+    statuses: list[int] = []
+
+    def run() -> None:
+        with (
+            socket.create_connection(("127.0.0.1", server.port), timeout=60) as slow,
+            socket.create_connection(("127.0.0.1", server.port), timeout=60) as queued,
+        ):
+            slow.sendall(request_bytes(f"sleep:{seconds}"))
+            assert wait_until(lambda: f"sleep:{seconds}" in calls_of(server), 30)
+            queued.sendall(request_bytes("queued"))
+            statuses.extend([read_response(slow)[0], read_response(queued)[0]])
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert wait_until(lambda: f"sleep:{seconds}" in calls_of(server), 30)
+    time.sleep(1.5)  # the queued request is in line for over a second: far past any limit
+    return thread, statuses
+
+
+def test_a_request_arriving_behind_a_long_line_is_refused_without_a_thread(
+    emulator: int, tmp_path: Path, kept_alive: list[socket.socket]
+) -> None:
+    server = one_thread(emulator, tmp_path, SHED_MAX_QUEUE_MS="300")
+    try:
+        sock = connect(server, kept_alive)
+        before = shed_counts(server)
+        thread, statuses = back_up(server, 5)
+
+        sock.sendall(request_bytes("arriving-1"))
+        status, headers, answer = read_response(sock)
+        assert status == 503, answer
+        assert reason_of(answer) == "queue_limit"
+        assert "the request longest in line for a worker thread has waited" in answer["detail"]
+        assert headers["retry-after"] == "1"
+        assert headers["connection"] == "keep-alive"
+        assert headers["content-type"] == "application/json"
+        assert headers["server-timing"].startswith("queue;dur=0.00, app;dur=")
+
+        # The refused request's bytes, and only those, were taken: the connection goes on.
+        sock.sendall(request_bytes("arriving-2") + request_bytes("arriving-3"))
+        for _ in range(2):
+            status, _, answer = read_response(sock)
+            assert status == 503 and reason_of(answer) == "queue_limit", answer
+
+        thread.join(timeout=60)
+        assert statuses == [200, 503]  # the queued one met the thread's own check
+        after = shed_counts(server)
+        assert after["queue_limit"] - before["queue_limit"] == 4
+        assert after["503"] - before["503"] == 4
+        assert not {"queued", "arriving-1", "arriving-2", "arriving-3"} & set(calls_of(server))
+
+        # The line gone, the same connection is scored again.
+        sock.sendall(request_bytes("after"))
+        assert read_response(sock)[0] == 200
+    finally:
+        stop_service(server)
+
+
+def test_a_deadline_shorter_than_the_line_is_refused_on_arrival(
+    emulator: int, tmp_path: Path, kept_alive: list[socket.socket]
+) -> None:
+    server = one_thread(emulator, tmp_path, SHED_MAX_QUEUE_MS="60000")
+    try:
+        sock = connect(server, kept_alive)
+        before = shed_counts(server)
+        thread, statuses = back_up(server, 4)
+
+        sock.sendall(request_bytes("short", X_Request_Timeout_Ms="500"))
+        status, _, answer = read_response(sock)
+        assert status == 503 and reason_of(answer) == "deadline", answer
+        assert "the request longest in line for a worker thread has waited" in answer["detail"]
+
+        # A budget the line leaves room for is queued and scored, on the same connection.
+        sock.sendall(request_bytes("patient", X_Request_Timeout_Ms="60000"))
+        status, _, answer = read_response(sock)
+        assert status == 200, answer
+        assert answer["user"] == "patient"
+
+        thread.join(timeout=60)
+        assert statuses == [200, 200]  # no limit on the wait: the queued one was scored too
+        after = shed_counts(server)
+        assert after["deadline"] - before["deadline"] == 1
+        assert "short" not in calls_of(server)
+    finally:
+        stop_service(server)
+
+
+def test_with_shedding_off_nothing_is_refused_on_arrival(
+    emulator: int, tmp_path: Path, kept_alive: list[socket.socket]
+) -> None:
+    server = one_thread(emulator, tmp_path, SHEDDING="false", SHED_MAX_QUEUE_MS="300")
+    try:
+        sock = connect(server, kept_alive)
+        thread, statuses = back_up(server, 3)
+        sock.sendall(request_bytes("arriving", X_Request_Timeout_Ms="1"))
+        status, _, answer = read_response(sock)
+        assert status == 200, answer
+        thread.join(timeout=60)
+        assert statuses == [200, 200]
+    finally:
+        stop_service(server)
