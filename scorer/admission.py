@@ -8,7 +8,9 @@ without taking it off the socket (a peek) and applies the same rules to that wai
 (`Shedder.check_arrival`). A request refused takes no thread: the loop takes its bytes off the
 socket, writes the 503 and keeps the connection for the client's next request.
 
-Only a plain, complete `POST /score` over HTTP/1.1 with a `Content-Length` is refused here;
+A new connection whose client has sent nothing yet waits in the poller rather than in line
+(a thread would only wait for its client), and is looked at when its request comes. Only a
+plain, complete `POST /score` over HTTP/1.1 with a `Content-Length` is refused here;
 anything else (a body still on its way, chunked, `Expect`, TLS, HTTP/2, bytes already read
 ahead by the parser) goes to the pool as before and meets the thread's checks there. While the
 line is short nothing is peeked: an unloaded worker pays one comparison per request.
@@ -84,13 +86,14 @@ def parse_arrival(data: bytes) -> Arrival | None:
     return Arrival(size, headers)
 
 
-def peek_arrival(sock: socket.socket) -> Arrival | None:
-    """Look at what waits on `sock` without taking it; return it if it is a whole request."""
+def peek(sock: socket.socket) -> bytes | None:
+    """Return what waits on `sock` without taking it: None while nothing has come yet."""
     try:
-        data = socket.socket.recv(sock, PEEK_BYTES, _PEEK)
-    except OSError:
+        return socket.socket.recv(sock, PEEK_BYTES, _PEEK)
+    except BlockingIOError:
         return None
-    return parse_arrival(data) if data else None
+    except OSError:
+        return b""  # reset: the pool thread meets it and closes the connection
 
 
 def refusal_response(refusal: Overloaded, close: bool, decided_in: float) -> bytes:
@@ -142,7 +145,15 @@ class AdmittingThreadWorker(QueueTimedThreadWorker):
         parser = conn.parser
         if parser is not None and parser.unreader.buf.getvalue():
             return False  # the parser holds bytes read ahead: they are the request's start
-        arrival = peek_arrival(conn.sock)
+        data = peek(conn.sock)
+        if data is None:
+            if conn.initialized or conn.data_ready or not self.cfg.keepalive:
+                return False
+            # A new connection with nothing sent yet would wait its turn only for a thread to
+            # wait for its client: it waits in the poller instead, and is looked at on arrival.
+            self._park(conn)
+            return True
+        arrival = parse_arrival(data)
         if arrival is None:
             return False
         refusal = shedder.check_arrival(wait, arrival.headers)
@@ -180,6 +191,15 @@ class AdmittingThreadWorker(QueueTimedThreadWorker):
             sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn)
         )
         return True
+
+    def _park(self, conn: Any) -> None:
+        """Wait for conn's request in the poller, as gunicorn parks a connection a thread gave
+        back for lack of data (the timeout is the keep-alive one, as there)."""
+        conn.timeout = time.monotonic() + self.cfg.keepalive
+        self.pending_conns.append(conn)
+        self.poller.register(
+            conn.sock, selectors.EVENT_READ, partial(self.on_pending_socket_readable, conn)
+        )
 
     def _count(self, refusal: Overloaded) -> None:
         if self._shed is not None:

@@ -142,12 +142,22 @@ def test_a_request_arriving_behind_a_long_line_is_refused_without_a_thread(
             status, _, answer = read_response(sock)
             assert status == 503 and reason_of(answer) == "queue_limit", answer
 
+        # A new connection that sends its request a moment after connecting waited in the
+        # poller, not in line: its request too is refused on arrival.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=60) as late:
+            time.sleep(0.5)
+            late.sendall(request_bytes("arriving-4"))
+            status, _, answer = read_response(late)
+            assert status == 503, answer
+            assert "the request longest in line for a worker thread" in answer["detail"]
+
         thread.join(timeout=60)
         assert statuses == [200, 503]  # the queued one met the thread's own check
         after = shed_counts(server)
-        assert after["queue_limit"] - before["queue_limit"] == 4
-        assert after["503"] - before["503"] == 4
-        assert not {"queued", "arriving-1", "arriving-2", "arriving-3"} & set(calls_of(server))
+        assert after["queue_limit"] - before["queue_limit"] == 5
+        assert after["503"] - before["503"] == 5
+        arriving = {f"arriving-{n}" for n in range(1, 5)}
+        assert not ({"queued"} | arriving) & set(calls_of(server))
 
         # The line gone, the same connection is scored again.
         sock.sendall(request_bytes("after"))
