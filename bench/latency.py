@@ -4,9 +4,9 @@ S7 runs two wrk processes at once against one server: 2 connections of requests 
 burns about 30 ms of pure-Python CPU (the mixed model, by user id) and 6 connections of ordinary
 30-stream requests; the ordinary requests' latency shows how much a heavy one stalls the others.
 
-S8 offers open-loop Poisson load (bench/openloop.py) at 0.5x and 0.8x of each server's own
-capacity (measured with wrk just before), for the simple model and a 4 ms-CPU model, and reports
-p50/p99/p99.9 counted from each request's scheduled start.
+S8 offers open-loop Poisson load (bench/openloop.py, its schedule kept by bench/openloop.c) at
+0.5x and 0.8x of each server's own capacity (measured with wrk just before), for the simple model
+and a 4 ms-CPU model, and reports p50/p99/p99.9 counted from each request's scheduled start.
 """
 
 import statistics
@@ -156,10 +156,8 @@ def capacity(server: Server, lua: Path, seconds: float) -> dict[str, Any]:
 def open_loop(server: Server, rate: float, seconds: float) -> dict[str, Any]:
     """Offer `rate` requests/s of the warm 30-stream bodies to server, open loop."""
     bodies = [(f"u{k}", make_body(f"u{k}", warm_urls(k, 30))) for k in range(BODIES)]
-    return openloop.run_sync(
-        openloop.run(
-            server.base + "/score", bodies, rate, seconds, deadline=10.0, keep_samples=True
-        )
+    return openloop.run(
+        server.base + "/score", bodies, rate, seconds, deadline=10.0, keep_samples=True
     )
 
 

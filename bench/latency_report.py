@@ -126,8 +126,9 @@ def s8_lines(s8: dict[str, Any]) -> list[str]:
     lines = [
         "## S8: latency at a fixed offered load (open loop)",
         "",
-        "Poisson arrivals from `bench/openloop.py` (latency counted from each request's"
-        " scheduled start; the generator's own lag is reported: a round whose generator lags"
+        "Poisson arrivals from `bench/openloop.c` (one thread, epoll; latency counted from each"
+        " request's scheduled start; the generator's own lag, from the scheduled start to the"
+        " write, or to connect() on a new connection, is reported: a round whose generator lags"
         f" is void), {s8['rounds']} rounds of {fmt(s8['seconds'])} s per server and load,"
         " servers alternated; percentiles over all rounds' answers. Capacity: the median of"
         " three closed-loop wrk runs (`-t2 -c8`) just before. A run whose generator lag p99"

@@ -5,9 +5,10 @@
 
 The 4 ms-CPU model, 30 warm streams a request, 2 workers. For each server: its capacity,
 closed loop (wrk -t2 -c8, as S1, after the same warm-up); then Poisson arrivals at 0.5x, 0.8x,
-1x, 2x and 4x of it (bench/openloop.py), each request with a 250 ms client deadline that it
-also announces (`X-Request-Timeout-Ms: 250`, as a proxy such as Envoy would; the seed ignores
-it). Servers: ours, ours with `SHEDDING=false` (the service before load shedding), the seed.
+1x, 2x and 4x of it (bench/openloop.py, its schedule kept by bench/openloop.c), each request
+with a 250 ms client deadline that it also announces (`X-Request-Timeout-Ms: 250`, as a proxy
+such as Envoy would; the seed ignores it). Servers: ours, ours with `SHEDDING=false` (the
+service before load shedding), the seed.
 
 Per step: goodput (2xx within the deadline per second, and as a share of capacity), p99 of
 successes and of refusals (latency from the scheduled start), share refused, timeouts,
@@ -26,7 +27,6 @@ import http.client
 import json
 import re
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -40,13 +40,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import openloop
 from alone import fresh_bench, output_path
 from client import connect, post_score
 from load import BODIES, Workload, make_body, run_wrk, warm_urls, write_lua
-from openloop import MARK
 from procs import cpu_seconds
 from scenarios import Bench, warm
-from servers import BENCH_DIR, Server, ServerSpec, running
+from servers import Server, ServerSpec, running
 
 LOADS = (0.5, 0.8, 1.0, 2.0, 4.0)
 DEADLINE_MS = 250.0
@@ -89,7 +89,7 @@ def s9_overload(
     step_seconds = seconds or 2 * bench.seconds
     workload = Workload(STREAMS)
     lua = write_lua(workload, bench.lua_dir)
-    bodies = write_bodies(bench.log_dir / "s9-bodies.json")
+    bodies = [("warm", make_body(f"u{k}", warm_urls(k, STREAMS))) for k in range(BODIES)]
     servers: dict[str, Any] = {}
     commands: dict[str, str] = {}
     wrk_command = ""
@@ -162,20 +162,10 @@ def scored_rps(wrk: dict[str, Any]) -> float:
     return round(scored / (wrk["duration_us"] / 1e6), 1)
 
 
-def write_bodies(path: Path) -> Path:
-    """Write the open-loop generator's bodies: the S1 workload's 64 warm bodies."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    bodies = [
-        ["warm", json.loads(make_body(f"u{k}", warm_urls(k, STREAMS)))] for k in range(BODIES)
-    ]
-    path.write_text(json.dumps(bodies))
-    return path
-
-
 def step(
     server: Server,
     contender: Contender,
-    bodies: Path,
+    bodies: list[tuple[str, bytes]],
     multiple: float,
     capacity: float,
     seconds: float,
@@ -212,27 +202,14 @@ def step(
     return out
 
 
-def offer(base: str, bodies: Path, rate: float, seconds: float) -> dict[str, Any]:
-    """Run the open-loop generator in its own process; return its summary."""
-    cmd = [
-        sys.executable,
-        str(BENCH_DIR / "openloop.py"),
-        "--url",
-        f"{base}/score",
-        "--rate",
-        f"{rate:.1f}",
-        "--seconds",
-        f"{seconds:g}",
-        "--deadline-ms",
-        f"{DEADLINE_MS:g}",
-        "--header",
-        f"X-Request-Timeout-Ms:{DEADLINE_MS:g}",
-        str(bodies),
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120, check=True)
-    line = next(ln for ln in done.stdout.splitlines() if ln.startswith(MARK))
-    result: dict[str, Any] = json.loads(line[len(MARK) :])
-    return result
+def offer(
+    base: str, bodies: list[tuple[str, bytes]], rate: float, seconds: float
+) -> dict[str, Any]:
+    """Run the open-loop generator with the deadline announced; return its summary."""
+    headers = {"X-Request-Timeout-Ms": f"{DEADLINE_MS:g}"}
+    return openloop.run(
+        f"{base}/score", bodies, round(rate, 1), seconds, DEADLINE_MS / 1000, headers
+    )
 
 
 # --- the server's own counts ---------------------------------------------------------------
@@ -439,8 +416,10 @@ def report_lines(s9: dict[str, Any], chart: str) -> list[str]:
         "",
         f"4 ms-CPU model, {STREAMS} warm streams, 2 workers; Poisson arrivals for"
         f" {s9['step_seconds']:g} s per step, each request with a {s9['deadline_ms']:g} ms"
-        " deadline, announced in `X-Request-Timeout-Ms`. Latency from the scheduled start."
-        f" A step whose generator lagged over {s9['lag_limit_ms']:g} ms (p99) is void.",
+        " deadline, announced in `X-Request-Timeout-Ms`, from `bench/openloop.c`. Latency from"
+        " the scheduled start; the generator's lag from the scheduled start to the write, or to"
+        " connect() on a new connection. A step whose generator lagged over"
+        f" {s9['lag_limit_ms']:g} ms (p99) is void.",
         "",
         f"![overload]({chart})",
         "",

@@ -512,7 +512,8 @@ def write_markdown(results: dict[str, Any], path: Path, chart: Path) -> None:
         *([results["merged"], ""] if results.get("merged") else []),
         f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), Python {m['python']}, {m['platform']}.",
         f"Load: wrk, closed loop, `-t2 -c8`, {results['settings']['rounds']} rounds of "
-        f"{results['settings']['seconds']} s per server, servers alternated; medians reported. "
+        f"{results['settings']['seconds']} s per server, servers alternated; medians reported"
+        " (S8 and S9: open loop, `bench/openloop.c`). "
         "Emulator: moto server on 127.0.0.1 (S3 + DynamoDB). wrk, the emulator and the servers"
         " share the same cores, so absolute numbers are lower than on a dedicated box;"
         " the ratios are the point.",
