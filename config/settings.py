@@ -120,12 +120,12 @@ class Settings(BaseSettings):
     # --- overload (scorer/shedding.py) ---------------------------------------------------
     shedding: bool = Field(default=True, alias="SHEDDING")
     """Refuse /score requests that cannot be answered in time (503) instead of queueing them."""
-    shed_queue_target_ms: float = Field(default=5.0, alias="SHED_QUEUE_TARGET_MS", gt=0)
+    shed_queue_target_ms: float = Field(default=10.0, alias="SHED_QUEUE_TARGET_MS", gt=0)
     """Queue delay (waiting for a thread) a worker aims at; past it for a whole interval, it
     sheds requests that waited over twice this (CoDel)."""
     shed_queue_interval_ms: float = Field(default=100.0, alias="SHED_QUEUE_INTERVAL_MS", gt=0)
     """Window over which the queue delay must stay above the target before shedding starts."""
-    shed_max_queue_ms: float = Field(default=100.0, alias="SHED_MAX_QUEUE_MS", ge=0)
+    shed_max_queue_ms: float = Field(default=50.0, alias="SHED_MAX_QUEUE_MS", ge=0)
     """Longest a request may wait for a thread in any case; 0: no cap."""
     shed_warmup_seconds: float = Field(default=5.0, alias="SHED_WARMUP_SECONDS", ge=0)
     """Seconds from a worker's first request during which waits are not refused: its feature

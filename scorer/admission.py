@@ -2,11 +2,13 @@
 
 A request refused by a pool thread (scorer/shedding.py) has first waited in line for that
 thread, behind requests whose model holds the interpreter: under overload its 503 comes as
-late as a scored answer would. Here the main loop, when a connection brings a request and the
-request longest in line for a thread has waited past the target, reads the request's head
-without taking it off the socket (a peek) and applies the same rules to that wait
-(`Shedder.check_arrival`). A request refused takes no thread: the loop takes its bytes off the
-socket, writes the 503 and keeps the connection for the client's next request.
+late as a scored answer would. Here the main loop, when a connection brings a request while
+one queued now would wait past twice the target (the longer of what the first in line has
+waited and what the threads take to score those in line, at the recent service time), reads
+the request's head without taking it off the socket (a peek) and applies the same rules to
+that expected wait (`Shedder.check_arrival`). A request refused takes no thread: the loop
+takes its bytes off the socket, writes the 503 and keeps the connection for the client's next
+request.
 
 A new connection whose client has sent nothing yet waits in the poller rather than in line
 (a thread would only wait for its client), and is looked at when its request comes. Only a
@@ -36,7 +38,7 @@ from scorer.queueing import QueueTimedThreadWorker
 from scorer.shedding import Shedder
 
 PEEK_BYTES = 65536
-"""The most of a request the main loop looks at; a longer one goes to a thread."""
+"""The most of a request the main loop reads or peeks at; a longer one goes to a thread."""
 
 _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 _TAKE = socket.MSG_DONTWAIT
@@ -45,6 +47,8 @@ _HEAD = re.compile(
     rb"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[ \t]*[^\r\n]*\r\n)*)\r\n"
 )
 _LENGTH = re.compile(r"[0-9]{1,12}")
+# What the main loop made of an arriving request (see AdmittingThreadWorker._judge_on_arrival).
+_REFUSED, _ADMITTED, _UNJUDGED = "refused", "admitted", "unjudged"
 # Any of these and the request is left to gunicorn's own parser and the pool.
 _NOT_HERE = frozenset({"transfer-encoding", "expect", "upgrade", "http2-settings"})
 
@@ -84,6 +88,16 @@ def parse_arrival(data: bytes) -> Arrival | None:
     if size > len(data):
         return None  # the body is still on its way
     return Arrival(size, headers)
+
+
+def take(sock: socket.socket) -> bytes | None:
+    """Return what waits on `sock`, taking it off: None while nothing has come yet."""
+    try:
+        return socket.socket.recv(sock, PEEK_BYTES, _TAKE)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""  # reset: the pool thread meets it and closes the connection
 
 
 def peek(sock: socket.socket) -> bytes | None:
@@ -132,44 +146,88 @@ class AdmittingThreadWorker(QueueTimedThreadWorker):
     def enqueue_req(self, conn: Any) -> None:
         shedder = self.shedder
         if shedder is not None and self.alive:
-            wait = self.oldest_wait()
-            if wait > 2 * shedder.codel.target and self._refuse_on_arrival(conn, wait, shedder):
-                return
+            waiting, first = self.line()
+            # It waits at least as long as the first in line has, and about as long as the
+            # threads lately took to get through as many requests.
+            wait = max(first, waiting * self.wait_per_place)
+            if wait <= 2 * shedder.codel.target:
+                conn.scorer_admitted = True  # a short line: no rule on waits would refuse it
+            else:
+                verdict = self._judge_on_arrival(conn, wait, waiting, shedder)
+                if verdict is _REFUSED:
+                    return
+                conn.scorer_admitted = verdict is _ADMITTED
         super().enqueue_req(conn)
 
-    def _refuse_on_arrival(self, conn: Any, wait: float, shedder: Shedder) -> bool:
-        """Answer conn's request with a 503 here if the policy refuses it; tell whether it did."""
+    def _judge_on_arrival(self, conn: Any, wait: float, waiting: int, shedder: Shedder) -> str:
+        """Answer conn's request with a 503 here if the policy refuses it.
+
+        Returns _REFUSED (answered, or parked: not to be queued), _ADMITTED (judged and let
+        in: the thread holds no standing queue against it) or _UNJUDGED (not a request this
+        loop reads: the thread applies every rule).
+
+        Every system call here lets the pool's threads take the interpreter, and the loop
+        waits for it again after: a kept-alive connection's bytes are read once, and handed
+        to its parser when the request is let in; a new connection's are only peeked at (its
+        parser is made by the thread that serves it).
+        """
         started = time.perf_counter()
         if conn.is_http2 or self.cfg.is_ssl:
-            return False
+            return _UNJUDGED
         parser = conn.parser
-        if parser is not None and parser.unreader.buf.getvalue():
-            return False  # the parser holds bytes read ahead: they are the request's start
+        if parser is not None:
+            if parser.unreader.buf.getvalue():
+                return _UNJUDGED  # the parser holds bytes read ahead: the request's start
+            data = take(conn.sock)
+            while data:  # a client may have sent several requests (pipelined)
+                arrival = parse_arrival(data)
+                refusal = (
+                    None
+                    if arrival is None
+                    else shedder.check_arrival(wait, waiting, arrival.headers)
+                )
+                if arrival is None or refusal is None:
+                    parser.unreader.unread(data)
+                    return _UNJUDGED if arrival is None else _ADMITTED
+                if not self._send_refusal(conn, arrival, refusal, started):
+                    return _REFUSED
+                data = data[arrival.size :]
+            if data is None:
+                return _UNJUDGED  # nothing had come after all: a thread waits for it
+            self._keep_alive(conn)
+            return _REFUSED
         data = peek(conn.sock)
         if data is None:
             if conn.initialized or conn.data_ready or not self.cfg.keepalive:
-                return False
+                return _UNJUDGED
             # A new connection with nothing sent yet would wait its turn only for a thread to
             # wait for its client: it waits in the poller instead, and is looked at on arrival.
             self._park(conn)
-            return True
+            return _REFUSED
         arrival = parse_arrival(data)
         if arrival is None:
-            return False
-        refusal = shedder.check_arrival(wait, arrival.headers)
+            return _UNJUDGED
+        refusal = shedder.check_arrival(wait, waiting, arrival.headers)
         if refusal is None:
-            return False
-        sock = conn.sock
+            return _ADMITTED
         try:
             left = arrival.size
             while left:  # the bytes peeked are there: this does not wait
-                chunk = socket.socket.recv(sock, left, _TAKE)
+                chunk = socket.socket.recv(conn.sock, left, _TAKE)
                 if not chunk:
                     raise ConnectionResetError
                 left -= len(chunk)
         except OSError:
             self._close(conn)
-            return True
+            return _REFUSED
+        if self._send_refusal(conn, arrival, refusal, started):
+            self._keep_alive(conn)
+        return _REFUSED
+
+    def _send_refusal(
+        self, conn: Any, arrival: Arrival, refusal: Overloaded, started: float
+    ) -> bool:
+        """Answer a request taken off conn's socket with its 503; tell whether conn lives on."""
         close = (
             arrival.close
             or not self.cfg.keepalive
@@ -177,20 +235,22 @@ class AdmittingThreadWorker(QueueTimedThreadWorker):
         )
         response = refusal_response(refusal, close, time.perf_counter() - started)
         try:
-            sent = socket.socket.send(sock, response, _TAKE)
+            sent = socket.socket.send(conn.sock, response, _TAKE)
         except OSError:
             sent = -1
         self._count(refusal)
         if close or sent != len(response):
             self._close(conn)  # a client not reading its answers is not worth a wait here
-            return True
-        # Kept alive, as gunicorn keeps a connection after an answer.
+            return False
+        return True
+
+    def _keep_alive(self, conn: Any) -> None:
+        """Wait for conn's next request in the poller, as gunicorn does after an answer."""
         conn.set_timeout()
         self.keepalived_conns.append(conn)
         self.poller.register(
-            sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn)
+            conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn)
         )
-        return True
 
     def _park(self, conn: Any) -> None:
         """Wait for conn's request in the poller, as gunicorn parks a connection a thread gave

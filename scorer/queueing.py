@@ -8,14 +8,16 @@ in the request's WSGI environ:
 
 - `scorer.queued_at`: `time.monotonic()` when the request was queued (its arrival, as far
   as this worker can tell);
-- `scorer.queue_delay`: the seconds it waited for a thread.
+- `scorer.queue_delay`: the seconds it waited for a thread;
+- `scorer.admitted`: True when the worker's main loop judged it on arrival and let it in
+  (scorer/admission.py), so that the wait it then has is not held against it.
 
 A new connection whose client has sent nothing yet when a thread takes it was waiting for its
 client, not for a thread (connection pools connect ahead of their requests): it gets neither.
 
-The main loop also keeps the line itself: `oldest_wait()` is how long the request longest in
-line for a thread has waited so far, what a request arriving now can expect to wait at least
-(scorer/admission.py refuses on it).
+The main loop also keeps the line itself: `line()` tells how many requests wait for a thread
+and how long the first has waited, from which scorer/admission.py tells what a request
+arriving now can expect to wait.
 A connection waiting in the listen backlog, before a worker accepts it, is not seen either: a
 worker with a free thread accepts at once, a busy one within 2 ms (scorer/balancing.py).
 """
@@ -33,6 +35,9 @@ from scorer.balancing import BalancingThreadWorker
 
 QUEUED_AT = "scorer.queued_at"
 QUEUE_DELAY = "scorer.queue_delay"
+ADMITTED = "scorer.admitted"
+PLACE_WEIGHT = 0.125
+"""Weight of the newest request in the moving average of the wait per place in line."""
 
 _now = time.monotonic
 _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
@@ -43,15 +48,17 @@ class _Stamp(threading.local):
 
     queued_at: float | None = None
     delay: float = 0.0
+    admitted: bool = False
 
 
 class _Ticket:
     """One request's place in line: when it was queued, and whether a thread has taken it."""
 
-    __slots__ = ("queued_at", "taken")
+    __slots__ = ("ahead", "queued_at", "taken")
 
-    def __init__(self, queued_at: float) -> None:
+    def __init__(self, queued_at: float, ahead: int) -> None:
         self.queued_at = queued_at
+        self.ahead = ahead  # requests in line before it when it was queued
         self.taken = False  # set by the pool thread; read by the main loop
 
 
@@ -65,24 +72,27 @@ class QueueTimedThreadWorker(BalancingThreadWorker):
         self._stamp = _Stamp()
         # Requests handed to the pool in order, the taken ones dropped lazily; main thread only.
         self._line: deque[_Ticket] = deque()
+        # How long a request waits, lately, per request ahead of it in line: what the threads
+        # take to get through one, everything included (the interpreter's hand-offs too).
+        self.wait_per_place = 0.0
 
     def enqueue_req(self, conn: Any) -> None:
         now = _now()
         conn.scorer_queued_at = now
-        ticket = conn.scorer_ticket = _Ticket(now)
         self._trim_line()
+        ticket = conn.scorer_ticket = _Ticket(now, len(self._line))
         self._line.append(ticket)
         super().enqueue_req(conn)
 
-    def oldest_wait(self) -> float:
-        """Return how long the request longest in line for a thread has waited (0: none waits).
+    def line(self) -> tuple[int, float]:
+        """Return how many requests wait for a thread, and how long the first has waited.
 
         Main thread only. The pool takes requests in the order they were queued, so a request
         queued now waits at least until those ahead of it are taken.
         """
         self._trim_line()
         line = self._line
-        return _now() - line[0].queued_at if line else 0.0
+        return (len(line), _now() - line[0].queued_at) if line else (0, 0.0)
 
     def _trim_line(self) -> None:
         line = self._line
@@ -100,9 +110,13 @@ class QueueTimedThreadWorker(BalancingThreadWorker):
             not conn.initialized and not conn.data_ready and not _has_bytes(conn.sock)
         ):
             stamp.queued_at = None
-        else:
-            stamp.queued_at = queued_at
-            stamp.delay = taken - queued_at
+            return super().handle(conn)
+        stamp.queued_at = queued_at
+        stamp.delay = taken - queued_at
+        stamp.admitted = getattr(conn, "scorer_admitted", False)
+        if ticket is not None and ticket.ahead:  # a line: every thread was busy
+            per_place = stamp.delay / ticket.ahead
+            self.wait_per_place += (per_place - self.wait_per_place) * PLACE_WEIGHT
         return super().handle(conn)
 
     def load_wsgi(self) -> None:
@@ -119,6 +133,8 @@ def stamped(app: Callable[..., Iterable[bytes]], stamp: _Stamp) -> Callable[...,
             stamp.queued_at = None  # HTTP/2: the streams after the first were not queued
             environ[QUEUED_AT] = queued_at
             environ[QUEUE_DELAY] = stamp.delay
+            if stamp.admitted:
+                environ[ADMITTED] = True
         return app(environ, start_response)
 
     return with_stamp

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from scorer.errors import Overloaded
-from scorer.queueing import QUEUE_DELAY, QUEUED_AT
+from scorer.queueing import ADMITTED, QUEUE_DELAY, QUEUED_AT
 
 TIMEOUT_HEADERS = ("HTTP_X_REQUEST_TIMEOUT_MS", "HTTP_X_ENVOY_EXPECTED_RQ_TIMEOUT_MS")
 REQUEST_START_HEADER = "HTTP_X_REQUEST_START"
@@ -163,7 +163,10 @@ class Shedder:
         """Return why to refuse this request before its body is read, or None to go on."""
         delay = environ.get(QUEUE_DELAY)
         if delay is not None and not self._warming_up():
-            standing = self.codel.should_shed(delay)  # sees every delay, refused or not
+            # CoDel sees every delay, refused or not. A request the worker's main loop judged
+            # on arrival and let in is not refused for a standing queue after its wait: it was
+            # let in with that queue in view (scorer/admission.py); the cap still holds.
+            standing = self.codel.should_shed(delay) and not environ.get(ADMITTED)
             if self.max_queue and delay > self.max_queue:
                 return Overloaded(
                     "queue_limit",
@@ -188,21 +191,20 @@ class Shedder:
             return Overloaded("deadline", why)
         return None
 
-    def check_arrival(self, oldest_wait: float, headers: Mapping[str, str]) -> Overloaded | None:
+    def check_arrival(
+        self, wait: float, waiting: int, headers: Mapping[str, str]
+    ) -> Overloaded | None:
         """Return why to refuse a request as it arrives, or None to queue it for a thread.
 
-        `oldest_wait` is how long the request longest in line for a thread has waited: one
-        queued now waits at least until that one is taken. The same rules as `check`, on
-        that wait instead of the request's own (it has none yet). `headers` are the
-        request's, names lower-case.
+        `wait` is what a request queued now can expect to wait for a thread, with `waiting`
+        requests ahead of it. The same rules as `check`, on that wait instead of the
+        request's own (it has none yet). `headers` are the request's, names lower-case.
         """
+        line = f"{waiting} in line for a worker thread, about {_ms(wait)} ms to wait"
         if not self._warming_up():
-            line = (
-                f"the request longest in line for a worker thread has waited {_ms(oldest_wait)} ms"
-            )
-            if self.max_queue and oldest_wait > self.max_queue:
+            if self.max_queue and wait > self.max_queue:
                 return Overloaded("queue_limit", f"{line}, over the {_ms(self.max_queue)} ms limit")
-            if oldest_wait > 2 * self.codel.target and self.codel.standing():
+            if wait > 2 * self.codel.target and self.codel.standing():
                 return Overloaded(
                     "queue",
                     f"{line}; the queue has stayed over {_ms(self.codel.target)} ms"
@@ -214,13 +216,12 @@ class Shedder:
             if (value := headers.get(name)) is not None
         }
         left = self.time_left(environ)
-        if left is not None and left < oldest_wait + self.service_time:
+        if left is not None and left < wait + self.service_time:
             if left < 0:
                 why = f"the client's deadline passed {_ms(-left)} ms ago"
             else:
                 why = (
-                    f"{_ms(left)} ms left of the client's deadline; the request longest in"
-                    f" line for a worker thread has waited {_ms(oldest_wait)} ms and scoring"
+                    f"{_ms(left)} ms left of the client's deadline; {line}, and scoring"
                     f" takes about {_ms(self.service_time)} ms"
                 )
             return Overloaded("deadline", why)

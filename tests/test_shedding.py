@@ -13,7 +13,7 @@ from scorer import create_app
 from scorer.errors import Overloaded
 from scorer.metrics import SHED_REASONS, Metrics
 from scorer.model import validate_model
-from scorer.queueing import QUEUE_DELAY, QUEUED_AT
+from scorer.queueing import ADMITTED, QUEUE_DELAY, QUEUED_AT
 from scorer.shedding import Codel, Shedder, client_gone, parse_request_start, parse_timeout
 from tests import fakes
 from tests.conftest import make_settings, sample
@@ -315,24 +315,24 @@ def test_without_a_queue_stamp_server_timing_has_the_app_time_only() -> None:
 
 def test_on_arrival_a_line_over_the_cap_is_refused_naming_the_line() -> None:
     clock = Clock()
-    refusal = shedder(clock).check_arrival(0.150, {})
+    refusal = shedder(clock).check_arrival(0.150, 12, {})
     assert refusal is not None and refusal.reason == "queue_limit"
     assert refusal.detail == (
-        "overloaded: queue_limit - the request longest in line for a worker thread has waited"
-        " 150 ms, over the 100 ms limit"
+        "overloaded: queue_limit - 12 in line for a worker thread, about 150 ms to wait,"
+        " over the 100 ms limit"
     )
-    assert shedder(clock).check_arrival(0.090, {}) is None  # under the cap, no standing queue
+    assert shedder(clock).check_arrival(0.090, 7, {}) is None  # under the cap, no standing queue
 
 
 def test_on_arrival_a_standing_queue_refuses_a_line_over_twice_the_target() -> None:
     clock = Clock()
     policy = shedder(clock)
-    assert policy.check_arrival(0.020, {}) is None  # no interval has seen a standing queue
+    assert policy.check_arrival(0.020, 2, {}) is None  # no interval has seen a standing queue
     overload(policy.codel, clock)
     assert policy.codel.standing()
-    refusal = policy.check_arrival(0.020, {})
+    refusal = policy.check_arrival(0.020, 2, {})
     assert refusal is not None and refusal.reason == "queue"
-    assert policy.check_arrival(0.008, {}) is None  # within twice the target
+    assert policy.check_arrival(0.008, 1, {}) is None  # within twice the target
 
 
 def test_standing_reads_the_interval_that_just_ended_without_observing() -> None:
@@ -351,17 +351,17 @@ def test_on_arrival_a_deadline_shorter_than_the_line_is_refused() -> None:
     clock = Clock()
     policy = shedder(clock, max_queue=0)
     policy.record_service(0.040)  # scoring takes 5 ms on average
-    assert policy.check_arrival(0.300, {"x-request-timeout-ms": "1000"}) is None
-    refusal = policy.check_arrival(0.300, {"x-request-timeout-ms": "250"})
+    assert policy.check_arrival(0.300, 9, {"x-request-timeout-ms": "1000"}) is None
+    refusal = policy.check_arrival(0.300, 9, {"x-request-timeout-ms": "250"})
     assert refusal is not None and refusal.reason == "deadline"
     assert refusal.detail == (
-        "overloaded: deadline - 250 ms left of the client's deadline; the request longest in"
-        " line for a worker thread has waited 300 ms and scoring takes about 5 ms"
+        "overloaded: deadline - 250 ms left of the client's deadline; 9 in line for a worker"
+        " thread, about 300 ms to wait, and scoring takes about 5 ms"
     )
     # A proxy's start stamp counts: its budget passed before the request got here.
     stale = f"t={1_700_000_000.0 - 1.0:.3f}"
     refusal = policy.check_arrival(
-        0.001, {"x-envoy-expected-rq-timeout-ms": "500", "x-request-start": stale}
+        0.001, 1, {"x-envoy-expected-rq-timeout-ms": "500", "x-request-start": stale}
     )
     assert refusal is not None and refusal.detail.startswith(
         "overloaded: deadline - the client's deadline passed 500 ms ago"
@@ -371,6 +371,16 @@ def test_on_arrival_a_deadline_shorter_than_the_line_is_refused() -> None:
 def test_on_arrival_a_new_worker_refuses_no_wait_while_warming_up() -> None:
     clock = Clock()
     policy = shedder(clock, warmup=5.0)
-    assert policy.check_arrival(10.0, {}) is None
-    refusal = policy.check_arrival(10.0, {"x-request-timeout-ms": "100"})
+    assert policy.check_arrival(10.0, 50, {}) is None
+    refusal = policy.check_arrival(10.0, 50, {"x-request-timeout-ms": "100"})
     assert refusal is not None and refusal.reason == "deadline"
+
+
+def test_a_request_let_in_on_arrival_is_held_to_the_cap_only() -> None:
+    clock = Clock()
+    policy = shedder(clock)
+    overload(policy.codel, clock)
+    assert policy.check({QUEUE_DELAY: 0.020, ADMITTED: True}) is None  # let in with the queue
+    assert policy.check({QUEUE_DELAY: 0.020}) is not None  # CoDel saw that delay all the same
+    refusal = policy.check({QUEUE_DELAY: 0.150, ADMITTED: True})
+    assert refusal is not None and refusal.reason == "queue_limit"
