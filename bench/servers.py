@@ -42,13 +42,15 @@ class ServerSpec:
     endpoint: str = ""
     gc_freeze: bool = True
     extra_env: tuple[tuple[str, str], ...] = ()  # more settings, e.g. MODEL_POLL_SECONDS
+    variant: str = ""  # tells apart two specs of one kind in a run, e.g. "parser=fast"
 
     @property
     def label(self) -> str:
         """Name the server for reports."""
+        more = f",{self.variant}" if self.variant else ""
         if self.kind == "ours":
-            return f"ours(w={self.workers},freeze={str(self.gc_freeze).lower()})"
-        return f"{self.kind}(w={self.workers})"
+            return f"ours(w={self.workers},freeze={str(self.gc_freeze).lower()}{more})"
+        return f"{self.kind}(w={self.workers}{more})"
 
 
 def command_for(spec: ServerSpec, port: int) -> tuple[list[str], dict[str, str], Path]:
@@ -72,6 +74,7 @@ def command_for(spec: ServerSpec, port: int) -> tuple[list[str], dict[str, str],
         env.update(spec.extra_env)
         return [str(venv_bin / "gunicorn"), "-c", "gunicorn.conf.py"], env, REPO
     if spec.kind == "floor":
+        env.update(spec.extra_env)
         cmd = [
             str(venv_bin / "gunicorn"),
             "-k",
