@@ -46,6 +46,7 @@ def compare_section(result: dict[str, Any]) -> list[str]:
         if s.get("workers_replaced"):
             balance += " (a worker was replaced)"
         degraded = None if s.get("degraded") is None else int(s["degraded"])
+        shed = None if s.get("shed") is None else int(s["shed"])
         features = f"{fmt(seen)}/{fmt(expected)}" if expected else fmt(seen)
         rows.append(
             [
@@ -56,6 +57,7 @@ def compare_section(result: dict[str, Any]) -> list[str]:
                 s["p99_ms"],
                 s["requests"],
                 s["errors"],
+                shed,
                 status,
                 balance,
                 features,
@@ -71,6 +73,7 @@ def compare_section(result: dict[str, Any]) -> list[str]:
             "p99 ms",
             "requests",
             "errors+non-2xx",
+            "of which refused (503 overloaded)",
             "run",
             "min worker CPU share",
             "features seen (sample)",

@@ -19,6 +19,8 @@ from servers import Server, ServerSpec, running
 KEYS_METRIC = "scorer_dynamodb_keys_requested_total"
 # Requests our service scored without some features (timeout, errors): a silent quality loss.
 DEGRADED_METRIC = "scorer_degraded_requests_total"
+# Requests our service refused to stay within capacity (503 overloaded), all reasons.
+SHED_METRIC = "scorer_requests_shed_total"
 
 
 @dataclass(frozen=True)
@@ -40,17 +42,24 @@ def compare(bench: Bench, specs: list[ServerSpec], workload: Workload) -> dict[s
     with ExitStack() as stack:
         servers = [stack.enter_context(running(spec, bench.log_dir)) for spec in specs]
         warmups = {s.label: warm(s, workload, lua, bench.warmup) for s in servers}
-        degraded_before = {s.label: read_metric(s.base, DEGRADED_METRIC) for s in servers}
+        before = {
+            s.label: (read_metric(s.base, DEGRADED_METRIC), read_metric(s.base, SHED_METRIC))
+            for s in servers
+        }
         raw = alternate(servers, lua, bench.rounds, bench.seconds)
         degraded = {
-            s.label: delta(degraded_before[s.label], read_metric(s.base, DEGRADED_METRIC))
+            s.label: delta(before[s.label][0], read_metric(s.base, DEGRADED_METRIC))
             for s in servers
+        }
+        shed = {
+            s.label: delta(before[s.label][1], read_metric(s.base, SHED_METRIC)) for s in servers
         }
         samples = {s.label: sample(s, workload) for s in servers}
         commands = {s.label: " ".join(s.cmd) for s in servers}
     summary = {label: summarize(rounds) for label, rounds in raw.items()}
     for label, count in degraded.items():
         summary[label]["degraded"] = count
+        summary[label]["shed"] = shed[label]
     ours = next(label for label in raw if label.startswith("ours"))
     ratios = {
         other: {
