@@ -82,11 +82,7 @@ def post_fork(server: Any, worker: Any) -> None:
     worker.head_timeout = settings.head_timeout_seconds
     app = worker.app.wsgi()
     if hasattr(worker, "admit_with"):  # scorer/admission.py; not a worker class given with -k
-        worker.admit_with(
-            app.extensions.get("scorer.shedder"),
-            app.extensions["scorer"].metrics,
-            settings.shed_switch_interval_ms / 1000,
-        )
+        worker.admit_with(app.extensions.get("scorer.shedder"), app.extensions["scorer"].metrics)
     # DrainingThreadWorker.retire; a worker class given with -k has none (see scorer/watchdog.py).
     init_worker(
         app,

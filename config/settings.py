@@ -127,12 +127,6 @@ class Settings(BaseSettings):
     """Window over which the queue delay must stay above the target before shedding starts."""
     shed_max_queue_ms: float = Field(default=50.0, alias="SHED_MAX_QUEUE_MS", ge=0)
     """Longest a request may wait for a thread in any case; 0: no cap."""
-    shed_switch_interval_ms: float = Field(
-        default=0.2, alias="SHED_SWITCH_INTERVAL_MS", ge=0, le=100
-    )
-    """The switch interval while a worker's line for its threads stands (see
-    SWITCH_INTERVAL_MS): its main loop, refusing arrivals, waits for the interpreter less;
-    0: no change."""
     shed_warmup_seconds: float = Field(default=5.0, alias="SHED_WARMUP_SECONDS", ge=0)
     """Seconds from a worker's first request during which waits are not refused: its feature
     cache starts empty (at start and after every model reload)."""

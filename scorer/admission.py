@@ -23,7 +23,6 @@ from __future__ import annotations
 import re
 import selectors
 import socket
-import sys
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -137,23 +136,12 @@ class AdmittingThreadWorker(QueueTimedThreadWorker):
     shedder: Shedder | None = None
     _shed: dict[str, Any] | None = None
     _refused: Any = None
-    _line_switch_interval = 0.0  # 0: the switch interval stays as it is
-    _usual_switch_interval: float | None = None  # set while the line's interval is in force
 
-    def admit_with(
-        self, shedder: Shedder | None, metrics: Metrics, line_switch_interval: float = 0.0
-    ) -> None:
-        """Refuse on arrival by `shedder`'s rules, counted in `metrics` as the app counts.
-
-        While a line stands (a request queued now would wait over twice the target), the
-        interpreter's switch interval is `line_switch_interval` (seconds): each of the loop's
-        system calls hands the interpreter to a thread scoring, and the loop then waits up to
-        an interval for it back, several times per refusal.
-        """
+    def admit_with(self, shedder: Shedder | None, metrics: Metrics) -> None:
+        """Refuse on arrival by `shedder`'s rules, counted in `metrics` as the app counts."""
         self.shedder = shedder
         self._shed = metrics.shed
         self._refused = metrics.requests.labels(SCORE_PATH, 503)
-        self._line_switch_interval = line_switch_interval
 
     def enqueue_req(self, conn: Any) -> None:
         shedder = self.shedder
@@ -164,20 +152,7 @@ class AdmittingThreadWorker(QueueTimedThreadWorker):
             wait = max(first, waiting * self.wait_per_place)
             if wait <= 2 * shedder.codel.target:
                 conn.scorer_admitted = True  # a short line: no rule on waits would refuse it
-                if not waiting and self._usual_switch_interval is not None:
-                    sys.setswitchinterval(self._usual_switch_interval)  # the line is gone
-                    self.log.debug(
-                        "line gone: switch interval back to %g ms",
-                        self._usual_switch_interval * 1000,
-                    )
-                    self._usual_switch_interval = None
             else:
-                if self._usual_switch_interval is None and self._line_switch_interval:
-                    self._usual_switch_interval = sys.getswitchinterval()
-                    sys.setswitchinterval(self._line_switch_interval)
-                    self.log.debug(
-                        "line standing: switch interval %g ms", self._line_switch_interval * 1000
-                    )
                 verdict = self._judge_on_arrival(conn, wait, waiting, shedder)
                 if verdict is _REFUSED:
                     return

@@ -120,12 +120,11 @@ def back_up(server: Server, seconds: float) -> tuple[threading.Thread, list[int]
 def test_a_request_arriving_behind_a_long_line_is_refused_without_a_thread(
     emulator: int, tmp_path: Path, kept_alive: list[socket.socket]
 ) -> None:
-    server = one_thread(emulator, tmp_path, SHED_MAX_QUEUE_MS="300", LOG_LEVEL="debug")
+    server = one_thread(emulator, tmp_path, SHED_MAX_QUEUE_MS="300")
     try:
         sock = connect(server, kept_alive)
         before = shed_counts(server)
         thread, statuses = back_up(server, 5)
-        assert "line standing" not in server.log.read_text()
 
         sock.sendall(request_bytes("arriving-1"))
         status, headers, answer = read_response(sock)
@@ -160,15 +159,9 @@ def test_a_request_arriving_behind_a_long_line_is_refused_without_a_thread(
         arriving = {f"arriving-{n}" for n in range(1, 5)}
         assert not ({"queued"} | arriving) & set(calls_of(server))
 
-        # While the line stood, the main loop took the interpreter back sooner.
-        assert "line standing: switch interval 0.2 ms" in server.log.read_text()
-
-        # The line gone, the same connection is scored again, at the usual switch interval.
+        # The line gone, the same connection is scored again.
         sock.sendall(request_bytes("after"))
         assert read_response(sock)[0] == 200
-        assert wait_until(
-            lambda: "line gone: switch interval back to 1 ms" in server.log.read_text(), 30
-        )
     finally:
         stop_service(server)
 
