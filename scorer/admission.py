@@ -10,9 +10,7 @@ that expected wait (`Shedder.check_arrival`). A request refused takes no thread:
 takes its bytes off the socket, writes the 503 and keeps the connection for the client's next
 request.
 
-A new connection whose client has sent nothing yet waits in the poller rather than in line
-(a thread would only wait for its client), and is looked at when its request comes. Only a
-plain, complete `POST /score` over HTTP/1.1 with a `Content-Length` is refused here;
+Only a plain, complete `POST /score` over HTTP/1.1 with a `Content-Length` is refused here;
 anything else (a body still on its way, chunked, `Expect`, TLS, HTTP/2, bytes already read
 ahead by the parser) goes to the pool as before and meets the thread's checks there. While the
 line is short nothing is peeked: an unloaded worker pays one comparison per request.
@@ -90,10 +88,10 @@ def parse_arrival(data: bytes) -> Arrival | None:
     return Arrival(size, headers)
 
 
-def take(sock: socket.socket) -> bytes | None:
+def take(sock: socket.socket, flags: int = _TAKE) -> bytes | None:
     """Return what waits on `sock`, taking it off: None while nothing has come yet."""
     try:
-        return socket.socket.recv(sock, PEEK_BYTES, _TAKE)
+        return socket.socket.recv(sock, PEEK_BYTES, flags)
     except BlockingIOError:
         return None
     except OSError:
@@ -102,12 +100,7 @@ def take(sock: socket.socket) -> bytes | None:
 
 def peek(sock: socket.socket) -> bytes | None:
     """Return what waits on `sock` without taking it: None while nothing has come yet."""
-    try:
-        return socket.socket.recv(sock, PEEK_BYTES, _PEEK)
-    except BlockingIOError:
-        return None
-    except OSError:
-        return b""  # reset: the pool thread meets it and closes the connection
+    return take(sock, _PEEK)
 
 
 def refusal_response(refusal: Overloaded, close: bool, decided_in: float) -> bytes:
@@ -147,9 +140,13 @@ class AdmittingThreadWorker(QueueTimedThreadWorker):
         shedder = self.shedder
         if shedder is not None and self.alive:
             waiting, first = self.line()
-            # It waits at least as long as the first in line has, and about as long as the
-            # threads lately took to get through as many requests.
-            wait = max(first, waiting * self.wait_per_place)
+            # It waits at least as long as the first in line has and, when it will find no
+            # thread free, about as long as the threads lately took per place in line for
+            # each request that must be taken before it.
+            places = self.active + 1 - self.cfg.threads
+            if places <= 0:
+                self.wait_per_place = 0.0  # a thread is free: the last line's pace is history
+            wait = max(first, places * self.wait_per_place)
             if wait <= 2 * shedder.codel.target:
                 conn.scorer_admitted = True  # a short line: no rule on waits would refuse it
             else:
@@ -162,7 +159,7 @@ class AdmittingThreadWorker(QueueTimedThreadWorker):
     def _judge_on_arrival(self, conn: Any, wait: float, waiting: int, shedder: Shedder) -> str:
         """Answer conn's request with a 503 here if the policy refuses it.
 
-        Returns _REFUSED (answered, or parked: not to be queued), _ADMITTED (judged and let
+        Returns _REFUSED (answered or closed: not to be queued), _ADMITTED (judged and let
         in: the thread holds no standing queue against it) or _UNJUDGED (not a request this
         loop reads: the thread applies every rule).
 
@@ -179,6 +176,9 @@ class AdmittingThreadWorker(QueueTimedThreadWorker):
             if parser.unreader.buf.getvalue():
                 return _UNJUDGED  # the parser holds bytes read ahead: the request's start
             data = take(conn.sock)
+            if data == b"":  # the client has closed the connection (or reset it)
+                self._close(conn)
+                return _REFUSED
             while data:  # a client may have sent several requests (pipelined)
                 arrival = parse_arrival(data)
                 refusal = (
@@ -198,12 +198,7 @@ class AdmittingThreadWorker(QueueTimedThreadWorker):
             return _REFUSED
         data = peek(conn.sock)
         if data is None:
-            if conn.initialized or conn.data_ready or not self.cfg.keepalive:
-                return _UNJUDGED
-            # A new connection with nothing sent yet would wait its turn only for a thread to
-            # wait for its client: it waits in the poller instead, and is looked at on arrival.
-            self._park(conn)
-            return _REFUSED
+            return _UNJUDGED  # nothing sent yet: it takes its turn, and a thread waits for it
         arrival = parse_arrival(data)
         if arrival is None:
             return _UNJUDGED
@@ -250,15 +245,6 @@ class AdmittingThreadWorker(QueueTimedThreadWorker):
         self.keepalived_conns.append(conn)
         self.poller.register(
             conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn)
-        )
-
-    def _park(self, conn: Any) -> None:
-        """Wait for conn's request in the poller, as gunicorn parks a connection a thread gave
-        back for lack of data (the timeout is the keep-alive one, as there)."""
-        conn.timeout = time.monotonic() + self.cfg.keepalive
-        self.pending_conns.append(conn)
-        self.poller.register(
-            conn.sock, selectors.EVENT_READ, partial(self.on_pending_socket_readable, conn)
         )
 
     def _count(self, refusal: Overloaded) -> None:

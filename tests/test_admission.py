@@ -11,6 +11,8 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -70,26 +72,33 @@ def test_anything_but_a_whole_plain_post_score_is_left_to_a_thread(data: bytes) 
 # --- under gunicorn ------------------------------------------------------------------------
 
 
-def one_thread(emulator: int, tmp: Path, **values: str) -> Server:
+@dataclass
+class Line:
+    """A worker whose only thread is held, one request queued behind it, and a kept-alive
+    connection ready to send more."""
+
+    server: Server
+    sock: socket.socket
+    before: dict[str, float]  # the refusal counts before the line formed
+    thread: threading.Thread  # answers the held and the queued request, then ends
+    statuses: list[int]  # theirs, once it has
+
+
+@contextmanager
+def backed_up(emulator: int, tmp: Path, seconds: float, **values: str) -> Iterator[Line]:
+    """Start 1 worker x 1 thread, answer one request on a connection kept alive, then hold
+    the thread for `seconds` with a request queued behind it (see back_up)."""
     server, _ = start_recording(tmp, emulator, 1, THREADS="1", **values)
-    return server
-
-
-@pytest.fixture
-def kept_alive() -> Iterator[list[socket.socket]]:
-    socks: list[socket.socket] = []
-    yield socks
-    for sock in socks:
-        sock.close()
-
-
-def connect(server: Server, socks: list[socket.socket]) -> socket.socket:
-    """A connection that has been answered once, so the worker keeps it in its poller."""
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
-    socks.append(sock)
-    sock.sendall(request_bytes("hello"))
-    assert read_response(sock)[0] == 200
-    return sock
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+            # Answered once, so the worker keeps it in its poller, as a pooled client's.
+            sock.sendall(request_bytes("hello"))
+            assert read_response(sock)[0] == 200
+            before = shed_counts(server)
+            thread, statuses = back_up(server, seconds)
+            yield Line(server, sock, before, thread, statuses)
+    finally:
+        stop_service(server)
 
 
 def back_up(server: Server, seconds: float) -> tuple[threading.Thread, list[int]]:
@@ -118,13 +127,10 @@ def back_up(server: Server, seconds: float) -> tuple[threading.Thread, list[int]
 
 
 def test_a_request_arriving_behind_a_long_line_is_refused_without_a_thread(
-    emulator: int, tmp_path: Path, kept_alive: list[socket.socket]
+    emulator: int, tmp_path: Path
 ) -> None:
-    server = one_thread(emulator, tmp_path, SHED_MAX_QUEUE_MS="300")
-    try:
-        sock = connect(server, kept_alive)
-        before = shed_counts(server)
-        thread, statuses = back_up(server, 5)
+    with backed_up(emulator, tmp_path, 5, SHED_MAX_QUEUE_MS="300") as line:
+        server, sock = line.server, line.sock
 
         sock.sendall(request_bytes("arriving-1"))
         status, headers, answer = read_response(sock)
@@ -136,44 +142,19 @@ def test_a_request_arriving_behind_a_long_line_is_refused_without_a_thread(
         assert headers["content-type"] == "application/json"
         assert headers["server-timing"].startswith("queue;dur=0.00, app;dur=")
 
-        # The refused request's bytes, and only those, were taken: the connection goes on.
-        sock.sendall(request_bytes("arriving-2") + request_bytes("arriving-3"))
-        for _ in range(2):
-            status, _, answer = read_response(sock)
-            assert status == 503 and reason_of(answer) == "queue_limit", answer
-
-        # A new connection that sends its request a moment after connecting waited in the
-        # poller, not in line: its request too is refused on arrival.
-        with socket.create_connection(("127.0.0.1", server.port), timeout=60) as late:
-            time.sleep(0.5)
-            late.sendall(request_bytes("arriving-4"))
-            status, _, answer = read_response(late)
-            assert status == 503, answer
-            assert "in line for a worker thread, about" in answer["detail"]
-
-        thread.join(timeout=60)
-        assert statuses == [200, 503]  # the queued one met the thread's own check
+        line.thread.join(timeout=60)
+        assert line.statuses == [200, 503]  # the queued one met the thread's own check
         after = shed_counts(server)
-        assert after["queue_limit"] - before["queue_limit"] == 5
-        assert after["503"] - before["503"] == 5
-        arriving = {f"arriving-{n}" for n in range(1, 5)}
-        assert not ({"queued"} | arriving) & set(calls_of(server))
-
-        # The line gone, the same connection is scored again.
-        sock.sendall(request_bytes("after"))
-        assert read_response(sock)[0] == 200
-    finally:
-        stop_service(server)
+        assert after["queue_limit"] - line.before["queue_limit"] == 2
+        assert after["503"] - line.before["503"] == 2
+        assert not {"queued", "arriving-1"} & set(calls_of(server))
 
 
 def test_a_deadline_shorter_than_the_line_is_refused_on_arrival(
-    emulator: int, tmp_path: Path, kept_alive: list[socket.socket]
+    emulator: int, tmp_path: Path
 ) -> None:
-    server = one_thread(emulator, tmp_path, SHED_MAX_QUEUE_MS="60000")
-    try:
-        sock = connect(server, kept_alive)
-        before = shed_counts(server)
-        thread, statuses = back_up(server, 4)
+    with backed_up(emulator, tmp_path, 4, SHED_MAX_QUEUE_MS="60000") as line:
+        server, sock = line.server, line.sock
 
         sock.sendall(request_bytes("short", X_Request_Timeout_Ms="500"))
         status, _, answer = read_response(sock)
@@ -186,26 +167,17 @@ def test_a_deadline_shorter_than_the_line_is_refused_on_arrival(
         assert status == 200, answer
         assert answer["user"] == "patient"
 
-        thread.join(timeout=60)
-        assert statuses == [200, 200]  # no limit on the wait: the queued one was scored too
+        line.thread.join(timeout=60)
+        assert line.statuses == [200, 200]  # no limit on the wait: the queued one was scored too
         after = shed_counts(server)
-        assert after["deadline"] - before["deadline"] == 1
+        assert after["deadline"] - line.before["deadline"] == 1
         assert "short" not in calls_of(server)
-    finally:
-        stop_service(server)
 
 
-def test_with_shedding_off_nothing_is_refused_on_arrival(
-    emulator: int, tmp_path: Path, kept_alive: list[socket.socket]
-) -> None:
-    server = one_thread(emulator, tmp_path, SHEDDING="false", SHED_MAX_QUEUE_MS="300")
-    try:
-        sock = connect(server, kept_alive)
-        thread, statuses = back_up(server, 3)
-        sock.sendall(request_bytes("arriving", X_Request_Timeout_Ms="1"))
-        status, _, answer = read_response(sock)
+def test_with_shedding_off_nothing_is_refused_on_arrival(emulator: int, tmp_path: Path) -> None:
+    with backed_up(emulator, tmp_path, 3, SHEDDING="false", SHED_MAX_QUEUE_MS="300") as line:
+        line.sock.sendall(request_bytes("arriving", X_Request_Timeout_Ms="1"))
+        status, _, answer = read_response(line.sock)
         assert status == 200, answer
-        thread.join(timeout=60)
-        assert statuses == [200, 200]
-    finally:
-        stop_service(server)
+        line.thread.join(timeout=60)
+        assert line.statuses == [200, 200]
