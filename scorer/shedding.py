@@ -167,29 +167,13 @@ class Shedder:
             # on arrival and let in is not refused for a standing queue after its wait: it was
             # let in with that queue in view (scorer/admission.py); the cap still holds.
             standing = self.codel.should_shed(delay) and not environ.get(ADMITTED)
-            if self.max_queue and delay > self.max_queue:
-                return Overloaded(
-                    "queue_limit",
-                    f"waited {_ms(delay)} ms for a worker thread,"
-                    f" over the {_ms(self.max_queue)} ms limit",
-                )
-            if standing:
-                return Overloaded(
-                    "queue",
-                    f"waited {_ms(delay)} ms for a worker thread; the queue has stayed over"
-                    f" {_ms(self.codel.target)} ms for {_ms(self.codel.interval)} ms",
-                )
-        left = self.time_left(environ)
-        if left is not None and left < self.service_time:
-            if left < 0:
-                why = f"the client's deadline passed {_ms(-left)} ms ago"
-            else:
-                why = (
-                    f"{_ms(left)} ms left of the client's deadline;"
-                    f" scoring takes about {_ms(self.service_time)} ms"
-                )
-            return Overloaded("deadline", why)
-        return None
+            refusal = self._refuse_wait(
+                delay, standing, f"waited {_ms(delay)} ms for a worker thread"
+            )
+            if refusal is not None:
+                return refusal
+        scoring = f"scoring takes about {_ms(self.service_time)} ms"
+        return self._refuse_deadline(self.time_left(environ), self.service_time, scoring)
 
     def check_arrival(
         self, wait: float, waiting: int, headers: Mapping[str, str]
@@ -202,30 +186,38 @@ class Shedder:
         """
         line = f"{waiting} in line for a worker thread, about {_ms(wait)} ms to wait"
         if not self._warming_up():
-            if self.max_queue and wait > self.max_queue:
-                return Overloaded("queue_limit", f"{line}, over the {_ms(self.max_queue)} ms limit")
-            if wait > 2 * self.codel.target and self.codel.standing():
-                return Overloaded(
-                    "queue",
-                    f"{line}; the queue has stayed over {_ms(self.codel.target)} ms"
-                    f" for {_ms(self.codel.interval)} ms",
-                )
+            standing = wait > 2 * self.codel.target and self.codel.standing()
+            refusal = self._refuse_wait(wait, standing, line)
+            if refusal is not None:
+                return refusal
         environ = {
             f"HTTP_{name.upper().replace('-', '_')}": value
             for name in _DEADLINE_HEADERS
             if (value := headers.get(name)) is not None
         }
-        left = self.time_left(environ)
-        if left is not None and left < wait + self.service_time:
-            if left < 0:
-                why = f"the client's deadline passed {_ms(-left)} ms ago"
-            else:
-                why = (
-                    f"{_ms(left)} ms left of the client's deadline; {line}, and scoring"
-                    f" takes about {_ms(self.service_time)} ms"
-                )
-            return Overloaded("deadline", why)
+        scoring = f"{line}, and scoring takes about {_ms(self.service_time)} ms"
+        return self._refuse_deadline(self.time_left(environ), wait + self.service_time, scoring)
+
+    def _refuse_wait(self, wait: float, standing: bool, waited: str) -> Overloaded | None:
+        """The cap, then the standing queue, for a request whose wait `waited` describes."""
+        if self.max_queue and wait > self.max_queue:
+            return Overloaded("queue_limit", f"{waited}, over the {_ms(self.max_queue)} ms limit")
+        if standing:
+            return Overloaded(
+                "queue",
+                f"{waited}; the queue has stayed over {_ms(self.codel.target)} ms"
+                f" for {_ms(self.codel.interval)} ms",
+            )
         return None
+
+    @staticmethod
+    def _refuse_deadline(left: float | None, needed: float, needs: str) -> Overloaded | None:
+        """Refuse when less of the client's budget is `left` than the `needed` time (`needs`)."""
+        if left is None or left >= needed:
+            return None
+        if left < 0:
+            return Overloaded("deadline", f"the client's deadline passed {_ms(-left)} ms ago")
+        return Overloaded("deadline", f"{_ms(left)} ms left of the client's deadline; {needs}")
 
     def _warming_up(self) -> bool:
         now = self._clock()
