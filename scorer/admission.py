@@ -4,11 +4,11 @@ A request refused by a pool thread (scorer/shedding.py) has first waited in line
 thread, behind requests whose model holds the interpreter: under overload its 503 comes as
 late as a scored answer would. Here the main loop, when a connection brings a request while
 one queued now would wait past twice the target (the longer of what the first in line has
-waited and what the threads take to score those in line, at the recent service time), reads
-the request's head without taking it off the socket (a peek) and applies the same rules to
-that expected wait (`Shedder.check_arrival`). A request refused takes no thread: the loop
-takes its bytes off the socket, writes the 503 and keeps the connection for the client's next
-request.
+waited and the recent wait per place in line times the places ahead of a free thread), reads
+the request (a kept-alive connection's bytes are taken and handed to its parser if it is let
+in; a new connection's are peeked at) and applies the same rules to that expected wait
+(`Shedder.check_arrival`). A request refused takes no thread: the loop writes the 503 and
+keeps the connection for the client's next request.
 
 Only a plain, complete `POST /score` over HTTP/1.1 with a `Content-Length` is refused here;
 anything else (a body still on its way, chunked, `Expect`, TLS, HTTP/2, bytes already read
@@ -30,15 +30,14 @@ from gunicorn import SERVER
 from gunicorn.util import http_date
 
 from scorer.errors import Overloaded
-from scorer.fastpath import SCORE_PATH
+from scorer.fastpath import SCORE_PATH, server_timing
 from scorer.metrics import Metrics
-from scorer.queueing import QueueTimedThreadWorker
+from scorer.queueing import QueueTimedThreadWorker, peek, take
 from scorer.shedding import Shedder
 
 PEEK_BYTES = 65536
 """The most of a request the main loop reads or peeks at; a longer one goes to a thread."""
 
-_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 _TAKE = socket.MSG_DONTWAIT
 _HEAD = re.compile(
     rb"POST /score(?:\?[^ \r\n]*)? HTTP/1\.1\r\n"
@@ -88,21 +87,6 @@ def parse_arrival(data: bytes) -> Arrival | None:
     return Arrival(size, headers)
 
 
-def take(sock: socket.socket, flags: int = _TAKE) -> bytes | None:
-    """Return what waits on `sock`, taking it off: None while nothing has come yet."""
-    try:
-        return socket.socket.recv(sock, PEEK_BYTES, flags)
-    except BlockingIOError:
-        return None
-    except OSError:
-        return b""  # reset: the pool thread meets it and closes the connection
-
-
-def peek(sock: socket.socket) -> bytes | None:
-    """Return what waits on `sock` without taking it: None while nothing has come yet."""
-    return take(sock, _PEEK)
-
-
 def refusal_response(refusal: Overloaded, close: bool, decided_in: float) -> bytes:
     """Return the 503 as the pool thread's path writes it: same status, headers and body."""
     body = refusal.json()
@@ -115,7 +99,7 @@ def refusal_response(refusal: Overloaded, close: bool, decided_in: float) -> byt
         "Retry-After: 1\r\n"
         f"Content-Length: {len(body)}\r\n"
         # It waited for no thread: its queue time is none, the decision is its service time.
-        f"Server-Timing: queue;dur=0.00, app;dur={decided_in * 1000:.2f}\r\n"
+        f"Server-Timing: {server_timing(0.0, decided_in)}\r\n"
         "\r\n"
     )
     return head.encode("latin-1") + body
@@ -175,8 +159,10 @@ class AdmittingThreadWorker(QueueTimedThreadWorker):
         if parser is not None:
             if parser.unreader.buf.getvalue():
                 return _UNJUDGED  # the parser holds bytes read ahead: the request's start
-            data = take(conn.sock)
-            if data == b"":  # the client has closed the connection (or reset it)
+            data = take(conn.sock, PEEK_BYTES)
+            if data is None:
+                return _UNJUDGED  # nothing had come after all: a thread waits for it
+            if not data:  # the client has closed the connection (or reset it)
                 self._close(conn)
                 return _REFUSED
             while data:  # a client may have sent several requests (pipelined)
@@ -192,11 +178,9 @@ class AdmittingThreadWorker(QueueTimedThreadWorker):
                 if not self._send_refusal(conn, arrival, refusal, started):
                     return _REFUSED
                 data = data[arrival.size :]
-            if data is None:
-                return _UNJUDGED  # nothing had come after all: a thread waits for it
             self._keep_alive(conn)
             return _REFUSED
-        data = peek(conn.sock)
+        data = peek(conn.sock, PEEK_BYTES)
         if data is None:
             return _UNJUDGED  # nothing sent yet: it takes its turn, and a thread waits for it
         arrival = parse_arrival(data)
@@ -205,16 +189,13 @@ class AdmittingThreadWorker(QueueTimedThreadWorker):
         refusal = shedder.check_arrival(wait, waiting, arrival.headers)
         if refusal is None:
             return _ADMITTED
-        try:
-            left = arrival.size
-            while left:  # the bytes peeked are there: this does not wait
-                chunk = socket.socket.recv(conn.sock, left, _TAKE)
-                if not chunk:
-                    raise ConnectionResetError
-                left -= len(chunk)
-        except OSError:
-            self._close(conn)
-            return _REFUSED
+        left = arrival.size
+        while left:  # the bytes peeked are there: this does not wait
+            chunk = take(conn.sock, left)
+            if not chunk:  # the client reset the connection meanwhile
+                self._close(conn)
+                return _REFUSED
+            left -= len(chunk)
         if self._send_refusal(conn, arrival, refusal, started):
             self._keep_alive(conn)
         return _REFUSED

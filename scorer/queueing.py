@@ -14,12 +14,14 @@ in the request's WSGI environ:
 
 A new connection whose client has sent nothing yet when a thread takes it was waiting for its
 client, not for a thread (connection pools connect ahead of their requests): it gets neither.
+A connection waiting in the listen backlog, before a worker accepts it, is not seen either: a
+worker with a free thread accepts at once, a busy one after a few milliseconds that grow with
+its load, and one already queueing past its threads empties the backlog (scorer/balancing.py).
 
 The main loop also keeps the line itself: `line()` tells how many requests wait for a thread
-and how long the first has waited, from which scorer/admission.py tells what a request
-arriving now can expect to wait.
-A connection waiting in the listen backlog, before a worker accepts it, is not seen either: a
-worker with a free thread accepts at once, a busy one within 2 ms (scorer/balancing.py).
+and how long the first has waited, and `wait_per_place` how long a request lately waited per
+request ahead of it, from which scorer/admission.py tells what a request arriving now can
+expect to wait.
 """
 
 from __future__ import annotations
@@ -140,12 +142,25 @@ def stamped(app: Callable[..., Iterable[bytes]], stamp: _Stamp) -> Callable[...,
     return with_stamp
 
 
+def take(sock: socket.socket, size: int, flags: int = socket.MSG_DONTWAIT) -> bytes | None:
+    """Return up to `size` bytes waiting on `sock`, taking them off, without waiting.
+
+    None while the client has sent nothing yet; b"" once it has closed (or reset) the
+    connection. The plain socket's recv, whatever class wraps the connection.
+    """
+    try:
+        return socket.socket.recv(sock, size, flags)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
+def peek(sock: socket.socket, size: int) -> bytes | None:
+    """As `take`, leaving the bytes on the socket."""
+    return take(sock, size, _PEEK)
+
+
 def _has_bytes(sock: socket.socket) -> bool:
     """Tell whether the client has sent anything yet (or closed), without waiting."""
-    try:
-        socket.socket.recv(sock, 1, _PEEK)
-    except BlockingIOError:
-        return False
-    except OSError:
-        pass
-    return True
+    return peek(sock, 1) is not None
