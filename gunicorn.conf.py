@@ -28,12 +28,16 @@ wsgi_app = "wsgi:app"
 bind = [settings.bind]
 backlog = 2048
 control_socket_disable = True  # no runtime control socket: operators signal the master instead
+# HTTP/1.1 only: TLS and HTTP/2 end in the proxy in front. The head deadline and the refusal on
+# arrival (scorer/serving/) read HTTP/1.1; gunicorn's default, said here so nobody turns it on.
+http_protocols = "h1"
 
 # --- workers ----------------------------------------------------------------------------
-# gthread (a thread pool per worker) that refuses new connections as soon as a stop begins,
-# with a deadline for each request's head (HEAD_TIMEOUT_SECONDS, scorer/deadlines.py), and
-# each request's wait for a thread handed to the app, which sheds on it (scorer/queueing.py).
-worker_class = "scorer.draining.DrainingThreadWorker"
+# gthread (a thread pool per worker) with its collaborators (scorer/serving/): each request's
+# wait for a thread handed to the app, refusal on arrival while a line stands, new connections
+# left to a less busy worker, a deadline for each request's head (HEAD_TIMEOUT_SECONDS), and a
+# stop that refuses new connections at once.
+worker_class = "scorer.serving.worker.ScorerWorker"
 workers = settings.web_concurrency
 threads = settings.threads
 timeout = settings.timeout
@@ -81,9 +85,9 @@ def post_fork(server: Any, worker: Any) -> None:
 
     worker.head_timeout = settings.head_timeout_seconds
     app = worker.app.wsgi()
-    if hasattr(worker, "admit_with"):  # scorer/admission.py; not a worker class given with -k
+    if hasattr(worker, "admit_with"):  # ScorerWorker; not a worker class given with -k
         worker.admit_with(app.extensions.get("scorer.shedder"), app.extensions["scorer"].metrics)
-    # DrainingThreadWorker.retire; a worker class given with -k has none (see scorer/watchdog.py).
+    # ScorerWorker.retire; a worker class given with -k has none (see scorer/watchdog.py).
     init_worker(
         app,
         getattr(worker, "retire", None),

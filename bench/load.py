@@ -129,9 +129,9 @@ def wrk_command(url: str, lua: Path, seconds: float, threads: int = 2, conns: in
     ]
 
 
-def run_wrk(url: str, lua: Path, seconds: float) -> dict[str, Any]:
+def run_wrk(url: str, lua: Path, seconds: float, conns: int = 8) -> dict[str, Any]:
     """Run wrk once; return its summary with throughput and an ok flag (no errors, no non-2xx)."""
-    cmd = wrk_command(url, lua, seconds)
+    cmd = wrk_command(url, lua, seconds, conns=conns)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False)
     return parse_wrk(cmd, done.stdout + done.stderr)
 

@@ -46,6 +46,31 @@ def predict_simple(rows: list[tuple[Any, ...]], params: dict[str, Any]) -> dict[
     return {"scores": scores, "features_seen": seen}
 
 
+def preprocess_ranked(
+    user: dict[str, Any], streams: list[dict[str, Any]], playlist: dict[str, Any], params: Any
+) -> list[tuple[str, tuple[Any, ...]]]:
+    """Keep each stream's URL beside its feature values, to answer per stream."""
+    return [(s["streamUrl"], tuple(s.get(f) for f in STREAM_FEATURES)) for s in streams]
+
+
+def predict_ranked(
+    rows: list[tuple[str, tuple[Any, ...]]], params: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Score like the simple model, answering one dict per stream, as ranking models do."""
+    weights = params["weights"]
+    out = []
+    for url, values in rows:
+        present = [(w, float(v)) for w, v in zip(weights, values, strict=True) if v is not None]
+        out.append(
+            {
+                "streamUrl": url,
+                "score": sum(w * v for w, v in present),
+                "features_seen": len(present),
+            }
+        )
+    return out
+
+
 def burn_cpu(loops: int) -> float:
     """Spin a pure-Python loop; the result is returned so it cannot be skipped."""
     acc = 0.0
@@ -113,6 +138,12 @@ def build_models() -> dict[str, dict[str, Any]]:
     big_dict = {i: float(i) * 0.001 for i in range(MEMORY_DICT_SIZE)}
     return {
         "simple": {**base, "predict": predict_simple, "params": {"weights": weights}},
+        "ranked": {
+            **base,
+            "preprocess": preprocess_ranked,
+            "predict": predict_ranked,
+            "params": {"weights": weights},
+        },
         "cpu": {
             **base,
             "predict": predict_cpu,

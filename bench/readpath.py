@@ -31,8 +31,8 @@ import orjson
 from gunicorn.config import Config
 from gunicorn.http.parser import RequestParser
 
-from scorer.deadlines import DeadlineSocket
 from scorer.fastpath import read_body
+from scorer.serving.deadlines import DeadlineSocket
 
 REQUESTS = 20_000
 ROUNDS = 5

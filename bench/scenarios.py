@@ -122,7 +122,10 @@ def sample(server: Server, workload: Workload) -> dict[str, Any]:
         else warm_urls(1, workload.streams)
     )
     status, data, elapsed = post_score(server.base, make_body("sample", urls))
-    seen = data.get("features_seen") if isinstance(data, dict) else None
+    if isinstance(data, list):  # one dict per stream (the ranked model)
+        seen = sum(item.get("features_seen", 0) for item in data if isinstance(item, dict))
+    else:
+        seen = data.get("features_seen") if isinstance(data, dict) else None
     return {
         "status": status,
         "features_seen": seen,
@@ -132,8 +135,8 @@ def sample(server: Server, workload: Workload) -> dict[str, Any]:
 
 
 def s1_warm_30(bench: Bench) -> dict[str, Any]:
-    """Warm cache, 30 streams x 3 features: ours, the seed and the floor."""
-    model = bench.models["simple"]
+    """Warm cache, 30 streams x 3 features, one dict per stream out: ours, the seed, the floor."""
+    model = bench.models["ranked"]
     specs = [
         ServerSpec("ours", model, 2, bench.endpoint),
         ServerSpec("seed", model, 2, bench.endpoint),
@@ -258,6 +261,49 @@ def s6_stampede(bench: Bench, copies: int = 16) -> dict[str, Any]:
     return out
 
 
+BELOW_CAPACITY_CONNECTIONS = (8, 16)
+BELOW_CAPACITY_SECONDS = 6.0
+
+
+def s10_below_capacity(bench: Bench) -> dict[str, Any]:
+    """Closed loop below capacity, 8 and 16 connections: every answer must be a 2xx."""
+    out: dict[str, Any] = {"seconds": BELOW_CAPACITY_SECONDS, "models": {}}
+    workload = Workload(30)
+    lua = write_lua(workload, bench.lua_dir)
+    for name in ("ranked", "cpu4"):
+        spec = ServerSpec("ours", bench.models[name], 2, bench.endpoint)
+        with running(spec, bench.log_dir) as server:
+            warm(server, workload, lua, bench.warmup)
+            by_conns: dict[str, Any] = {}
+            for conns in BELOW_CAPACITY_CONNECTIONS:
+                rounds = []
+                for _ in range(bench.rounds):
+                    shed_before = read_metric(server.base, SHED_METRIC)
+                    result = run_wrk(server.base, lua, BELOW_CAPACITY_SECONDS, conns=conns)
+                    rounds.append(
+                        {
+                            "rps": result.get("rps"),
+                            "p99_ms": ms(result.get("latency_us", {}).get("p99")),
+                            "non_2xx": result.get("errors", {}).get("status"),
+                            "errors": result.get("errors_total"),
+                            "shed": delta(shed_before, read_metric(server.base, SHED_METRIC)),
+                        }
+                    )
+                by_conns[str(conns)] = {
+                    "rounds": rounds,
+                    "failed": any(r["errors"] != 0 or r["shed"] for r in rounds),
+                    "wrk_command": result.get("cmd", ""),
+                }
+            out["models"][name] = by_conns
+    out["failed"] = any(c["failed"] for m in out["models"].values() for c in m.values())
+    return out
+
+
+def ms(us: float | None) -> float | None:
+    """Microseconds to milliseconds, rounded for the report."""
+    return None if us is None else round(us / 1000, 2)
+
+
 SCENARIOS = {
     "s1": s1_warm_30,
     "s2": s2_warm_100,
@@ -265,4 +311,5 @@ SCENARIOS = {
     "s4": s4_cpu_heavy,
     "s5": s5_memory,
     "s6": s6_stampede,
+    "s10": s10_below_capacity,
 }

@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     max_streams: int = Field(default=1000, alias="MAX_STREAMS", ge=1)
     """Most streams in one request; more get 413."""
 
-    # --- overload (scorer/shedding.py) ---------------------------------------------------
+    # --- overload (scorer/serving/shedding.py) -------------------------------------------
     shedding: bool = Field(default=True, alias="SHEDDING")
     """Refuse /score requests that cannot be answered in time (503) instead of queueing them."""
     shed_queue_target_ms: float = Field(default=10.0, alias="SHED_QUEUE_TARGET_MS", gt=0)
@@ -125,8 +125,9 @@ class Settings(BaseSettings):
     sheds requests that waited over twice this (CoDel)."""
     shed_queue_interval_ms: float = Field(default=100.0, alias="SHED_QUEUE_INTERVAL_MS", gt=0)
     """Window over which the queue delay must stay above the target before shedding starts."""
-    shed_max_queue_ms: float = Field(default=50.0, alias="SHED_MAX_QUEUE_MS", ge=0)
-    """Longest a request may wait for a thread in any case; 0: no cap."""
+    shed_max_queue_ms: float = Field(default=1000.0, alias="SHED_MAX_QUEUE_MS", ge=0)
+    """Longest a request may wait for a thread in any case, a safety net far above any stall (a
+    GC pause, a GIL hand-off): standing queues and deadlines are what shed; 0: no cap."""
     shed_warmup_seconds: float = Field(default=5.0, alias="SHED_WARMUP_SECONDS", ge=0)
     """Seconds from a worker's first request during which waits are not refused: its feature
     cache starts empty (at start and after every model reload)."""

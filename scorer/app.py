@@ -16,7 +16,7 @@ from scorer.metrics import Metrics
 from scorer.model import Model
 from scorer.openapi import build_spec
 from scorer.scoring import FetcherFactory, Scorer
-from scorer.shedding import Shedder
+from scorer.serving.shedding import Shedder
 from scorer.watchdog import Watchdog
 
 JSON = "application/json"

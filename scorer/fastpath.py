@@ -16,7 +16,6 @@ from urllib.parse import parse_qsl
 
 from gunicorn.http.errors import ChunkMissingTerminator, NoMoreData, ParseException
 
-from scorer.deadlines import DeadlineExpired, DeadlineSocket
 from scorer.errors import (
     IncompleteRequest,
     InvalidRequest,
@@ -28,15 +27,16 @@ from scorer.errors import (
 )
 from scorer.metrics import Metrics
 from scorer.payload import parse_score_request
-from scorer.queueing import QUEUE_DELAY
 from scorer.scoring import Scorer
-from scorer.shedding import Shedder
+from scorer.serving.admission import SCORE_PATH
+from scorer.serving.deadlines import DeadlineExpired, DeadlineSocket
+from scorer.serving.line import QUEUE_DELAY, server_timing
+from scorer.serving.shedding import Shedder
 from scorer.watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-SCORE_PATH = "/score"
 SCORE_METHODS = "OPTIONS, POST"  # the Allow header for /score
 UNMATCHED = "unmatched"  # the endpoint label of requests no route took
 _REASONS = {
@@ -232,10 +232,3 @@ class ScoreEndpoint:
             if status == 200 and shedder is not None:
                 shedder.record_service(elapsed)
         return [output]
-
-
-def server_timing(queue_delay: float | None, app: float) -> str:
-    """Return the Server-Timing value: the wait for a thread (when known) and the app's time."""
-    if queue_delay is None:
-        return f"app;dur={app * 1000:.2f}"
-    return f"queue;dur={queue_delay * 1000:.2f}, app;dur={app * 1000:.2f}"

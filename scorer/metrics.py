@@ -30,7 +30,7 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 STAGES = ("features", "preprocess", "predict", "serialize")
 SHED_REASONS = ("queue", "queue_limit", "deadline", "disconnected")
-"""Why a /score request was refused under overload (scorer/shedding.py)."""
+"""Why a /score request was refused under overload (scorer/serving/shedding.py)."""
 
 
 class Metrics:

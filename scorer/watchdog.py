@@ -3,7 +3,7 @@
 gunicorn's own timeout does not see a stuck request under gthread: the worker's main loop keeps
 reporting alive while one pool thread is lost inside a model's `predict`. Python cannot stop
 that thread, so the watchdog answers its client with a 504 on the raw socket, counts it, and
-has the worker retire: `DrainingThreadWorker.retire` stops accepting, finishes every other
+has the worker retire: `ScorerWorker.retire` stops accepting, finishes every other
 connection it accepted (gunicorn's graceful stop, bounded by `graceful_timeout`), then exits.
 """
 
@@ -132,7 +132,7 @@ class Watchdog:
                 entry.answered = True
                 # Still under the lock: the request cannot end (nor gunicorn send its own
                 # response) before this 504 is written and counted, and the worker hears of the
-                # connection before the connection can finish (DrainingThreadWorker.retire).
+                # connection before the connection can finish (ScorerWorker.retire).
                 if entry.sock is not None:
                     answer_timeout(entry.sock, self.timeout)
                 self._metrics.requests.labels(entry.endpoint, "504").inc()

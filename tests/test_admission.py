@@ -14,10 +14,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from scorer.admission import parse_arrival
+from scorer.metrics import Metrics
+from scorer.serving.admission import ADMITTED, REFUSED, UNJUDGED, Admission, parse_arrival
+from scorer.serving.shedding import Shedder
+from scorer.serving.sockets import peek
 from tests.servers import Server, stop_service, wait_until
 from tests.test_overload import calls_of, read_response, reason_of, request_bytes, shed_counts
 from tests.test_overload import start as start_recording
@@ -67,6 +71,122 @@ def test_a_whole_post_score_is_taken_with_its_size_and_headers() -> None:
 )
 def test_anything_but_a_whole_plain_post_score_is_left_to_a_thread(data: bytes) -> None:
     assert parse_arrival(data) is None
+
+
+# --- the judge alone, on a socket pair ------------------------------------------------------
+
+
+class Host:
+    """What a worker gives admission: the connections it keeps waiting, and those it drops."""
+
+    def __init__(self, keep_alive: bool = True) -> None:
+        self.keep_alive = keep_alive
+        self.waiting: list[Conn] = []
+        self.dropped: list[Conn] = []
+
+    def may_keep_alive(self) -> bool:
+        return self.keep_alive
+
+    def keep_waiting(self, conn: Conn) -> None:
+        self.waiting.append(conn)
+
+    def drop(self, conn: Conn) -> None:
+        self.dropped.append(conn)
+
+
+class Unreader:
+    def __init__(self) -> None:
+        self.unread_bytes = b""
+
+    def unread(self, data: bytes) -> None:
+        self.unread_bytes = data + self.unread_bytes
+
+
+@dataclass
+class Parser:
+    unreader: Unreader
+
+
+@dataclass
+class Conn:
+    """A connection as gthread's TConn has it: a socket, and a parser once kept alive."""
+
+    sock: socket.socket
+    parser: Parser | None = None
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    server, client = socket.socketpair()
+    with server, client:
+        yield server, client
+
+
+def admission(standing: bool) -> Admission:
+    """An admission by a 10 ms target, whose last interval did or did not see a standing queue."""
+    now = [0.0]
+    shedder = Shedder(0.010, 0.100, 1.0, clock=lambda: now[0])
+    if standing:
+        now[0] = 0.1
+        shedder.codel.should_shed(0.050)  # opens an interval whose shortest wait is 50 ms
+        now[0] = 0.25  # which has ended, over the target
+    return Admission(shedder, Metrics())
+
+
+def test_a_short_line_is_let_in_without_reading_the_socket(pair: Any) -> None:
+    server, client = pair
+    client.sendall(request_bytes("u"))
+    verdict = admission(standing=True).judge(Host(), Conn(server), waiting=3, wait=0.015)
+    assert verdict is ADMITTED
+    assert peek(server, 65536) == request_bytes("u")  # untouched
+
+
+def test_behind_a_standing_line_a_kept_alive_request_is_refused_and_kept_open(pair: Any) -> None:
+    server, client = pair
+    client.sendall(request_bytes("u") + request_bytes("v"))  # two pipelined
+    host, conn = Host(), Conn(server, Parser(Unreader()))
+    judge = admission(standing=True)
+    assert judge.judge(host, conn, waiting=4, wait=0.040) is REFUSED
+    client.settimeout(5)
+    answers = client.recv(65536)
+    assert answers.count(b"HTTP/1.1 503 Service Unavailable") == 2
+    assert b"Connection: keep-alive" in answers and b"queue" in answers
+    assert host.waiting == [conn] and not host.dropped
+    assert judge._refused._value.get() == 2  # counted as the app counts its 503s
+
+
+def test_behind_a_burst_a_request_is_let_in_and_its_bytes_go_to_its_parser(pair: Any) -> None:
+    server, client = pair
+    client.sendall(request_bytes("u"))
+    conn = Conn(server, Parser(Unreader()))
+    assert admission(standing=False).judge(Host(), conn, waiting=4, wait=0.040) is ADMITTED
+    assert conn.parser is not None and conn.parser.unreader.unread_bytes == request_bytes("u")
+
+
+def test_a_new_connections_request_is_peeked_and_refused_without_a_thread(pair: Any) -> None:
+    server, client = pair
+    client.sendall(request_bytes("u"))
+    host, conn = Host(keep_alive=False), Conn(server)
+    assert admission(standing=True).judge(host, conn, waiting=4, wait=0.040) is REFUSED
+    client.settimeout(5)
+    assert b"Connection: close" in client.recv(65536)
+    assert host.dropped == [conn]
+    assert peek(server, 1) is None  # its bytes were taken: nothing left for a parser
+
+
+def test_a_request_not_read_here_is_left_to_the_thread(pair: Any) -> None:
+    server, client = pair
+    client.sendall(b"POST /score HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    verdict = admission(standing=True).judge(Host(), Conn(server), waiting=4, wait=0.040)
+    assert verdict is UNJUDGED
+
+
+def test_a_client_gone_from_a_kept_alive_connection_is_dropped(pair: Any) -> None:
+    server, client = pair
+    client.close()
+    host, conn = Host(), Conn(server, Parser(Unreader()))
+    assert admission(standing=True).judge(host, conn, waiting=4, wait=0.040) is REFUSED
+    assert host.dropped == [conn]
 
 
 # --- under gunicorn ------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from scorer.deadlines import DeadlineExpired, DeadlineSocket
+from scorer.serving.deadlines import DeadlineExpired, DeadlineSocket
 
 
 @pytest.fixture

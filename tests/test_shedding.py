@@ -13,8 +13,8 @@ from scorer import create_app
 from scorer.errors import Overloaded
 from scorer.metrics import SHED_REASONS, Metrics
 from scorer.model import validate_model
-from scorer.queueing import ADMITTED, QUEUE_DELAY, QUEUED_AT
-from scorer.shedding import Codel, Shedder, client_gone, parse_request_start, parse_timeout
+from scorer.serving.line import ADMITTED, QUEUE_DELAY, QUEUED_AT
+from scorer.serving.shedding import Codel, Shedder, client_gone, parse_request_start, parse_timeout
 from tests import fakes
 from tests.conftest import make_settings, sample
 

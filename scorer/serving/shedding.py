@@ -31,11 +31,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from scorer.errors import Overloaded
-from scorer.queueing import ADMITTED, QUEUE_DELAY, QUEUED_AT
+from scorer.serving.line import ADMITTED, QUEUE_DELAY, QUEUED_AT
 
 TIMEOUT_HEADERS = ("HTTP_X_REQUEST_TIMEOUT_MS", "HTTP_X_ENVOY_EXPECTED_RQ_TIMEOUT_MS")
 REQUEST_START_HEADER = "HTTP_X_REQUEST_START"
-# The same headers as they arrive on the wire, lower-case (scorer/admission.py reads them).
+# The same headers as they arrive on the wire, lower-case (scorer.serving.admission reads them).
 _DEADLINE_HEADERS = ("x-request-timeout-ms", "x-envoy-expected-rq-timeout-ms", "x-request-start")
 SERVICE_TIME_WEIGHT = 0.125
 """Weight of the newest scored request in the moving average of the service time."""
@@ -165,7 +165,7 @@ class Shedder:
         if delay is not None and not self._warming_up():
             # CoDel sees every delay, refused or not. A request the worker's main loop judged
             # on arrival and let in is not refused for a standing queue after its wait: it was
-            # let in with that queue in view (scorer/admission.py); the cap still holds.
+            # let in with that queue in view (scorer.serving.admission); the cap still holds.
             standing = self.codel.should_shed(delay) and not environ.get(ADMITTED)
             refusal = self._refuse_wait(
                 delay, standing, f"waited {_ms(delay)} ms for a worker thread"

@@ -2,7 +2,7 @@
 
 A socket timeout bounds one read: a client sending a byte just inside it, again and again, holds
 a worker thread for as long as it likes. Here each phase gets a deadline instead, and every read
-in it waits at most for the time left. The worker class arms the head's deadline before gunicorn
+in it waits at most for the time left. The worker arms the head's deadline before gunicorn
 parses a request and ends it when the head is in; `scorer.fastpath` sets the body's.
 A connection gunicorn wraps in TLS leaves this socket behind: its reads keep a per-read bound
 at most (the service expects TLS to end in front of it).
@@ -10,13 +10,9 @@ at most (the service expects TLS to end in front of it).
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import time
 from typing import Any
-
-from gunicorn import util
-from gunicorn.workers.gthread import ThreadWorker
 
 from scorer.errors import detail_json
 
@@ -104,46 +100,26 @@ _now = time.monotonic
 _DONTWAIT = socket.MSG_DONTWAIT
 
 
-class DeadlineThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no type hints
-    """gthread with a deadline for each request's head, answered with 408 when missed."""
-
-    #: Seconds from a request's first byte to the end of its head; set after fork from the
-    #: service's settings (gunicorn.conf.py, `post_fork`).
-    head_timeout: float = 5.0
-
-    def handle(self, conn: Any) -> Any:
-        sock = conn.sock
-        if type(sock) is socket.socket:  # a plain TCP connection, new to a thread
-            sock = conn.sock = DeadlineSocket.adopt(sock)
-        if isinstance(sock, DeadlineSocket):
-            sock.start_phase(self.head_timeout, from_first_read=True)
-        return super().handle(conn)
-
-    def handle_request(self, req: Any, conn: Any) -> Any:
-        # The head is in: from here the app reads and answers at its own pace.
-        _end_phase(conn.sock)
-        return super().handle_request(req, conn)
-
-    def handle_http2(self, conn: Any) -> Any:
-        # HTTP/2 (if an operator enables it) frames its streams itself: no head deadline.
-        _end_phase(conn.sock)
-        return super().handle_http2(conn)
-
-    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
-        if not isinstance(exc, DeadlineExpired):
-            super().handle_error(req, client, addr, exc)
-            return
-        _end_phase(client)
-        self.log.debug("request head not received within %g s from %s", self.head_timeout, addr)
-        body = detail_json(f"request head not received within {self.head_timeout:g} s")
-        head = (
-            "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        )
-        with contextlib.suppress(OSError):  # a client already gone needs no answer
-            util.write_nonblock(client, head.encode() + body)
+def arm_head(conn: Any, seconds: float) -> None:
+    """Give conn's request head `seconds` from its first byte; a plain socket is adopted first."""
+    sock = conn.sock
+    if type(sock) is socket.socket:  # a plain TCP connection, new to a thread
+        sock = conn.sock = DeadlineSocket.adopt(sock)
+    if isinstance(sock, DeadlineSocket):
+        sock.start_phase(seconds, from_first_read=True)
 
 
-def _end_phase(sock: Any) -> None:
+def end_phase(sock: Any) -> None:
+    """End the phase running on `sock`, if it is a DeadlineSocket."""
     if isinstance(sock, DeadlineSocket):
         sock.end_phase()
+
+
+def head_timeout_response(seconds: float) -> bytes:
+    """Return the 408 for a head not received in time, closing the connection."""
+    body = detail_json(f"request head not received within {seconds:g} s")
+    head = (
+        "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
