@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench soak clean
+.PHONY: run test lint bench soak clean test-gunicorn-lowest
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,20 @@ lint: $(STAMP)
 test: lint
 	bash deploy/install-tools.sh
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest
+
+# The lowest gunicorn pyproject.toml allows, when it is not the one installed: the worker's
+# tests again on it, in a venv of their own (`make test` runs the newest).
+GUNICORN_LOWEST := $(shell sed -n 's/.*"gunicorn>=\([0-9.]*\),.*/\1/p' pyproject.toml)
+test-gunicorn-lowest: $(STAMP)
+	@if [ "$$($(BIN)/python -c 'import gunicorn; print(gunicorn.__version__)')" = "$(GUNICORN_LOWEST)" ]; then \
+		echo "gunicorn $(GUNICORN_LOWEST) is the one installed: make test covered it"; \
+	else \
+		$(PYTHON) -m venv $(VENV)/lowest && \
+		$(VENV)/lowest/bin/pip install --quiet -e '.[dev]' 'gunicorn==$(GUNICORN_LOWEST)' && \
+		PATH=$(CURDIR)/$(VENV)/lowest/bin:$$PATH $(VENV)/lowest/bin/python -m pytest -q \
+			tests/test_gunicorn.py tests/test_processes.py tests/test_reload.py \
+			tests/test_admission.py tests/test_overload.py tests/test_balancing.py; \
+	fi
 
 ## bench: this service, the seed service and a floor app side by side; writes BENCHMARKS.md
 bench: $(VENV)/.bench
