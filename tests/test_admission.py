@@ -83,6 +83,7 @@ class Host:
         self.keep_alive = keep_alive
         self.waiting: list[Conn] = []
         self.dropped: list[Conn] = []
+        self.parked: list[Conn] = []
 
     def may_keep_alive(self) -> bool:
         return self.keep_alive
@@ -92,6 +93,9 @@ class Host:
 
     def drop(self, conn: Conn) -> None:
         self.dropped.append(conn)
+
+    def park(self, conn: Conn) -> None:
+        self.parked.append(conn)
 
 
 class Unreader:
@@ -172,6 +176,15 @@ def test_a_new_connections_request_is_peeked_and_refused_without_a_thread(pair: 
     assert b"Connection: close" in client.recv(65536)
     assert host.dropped == [conn]
     assert peek(server, 1) is None  # its bytes were taken: nothing left for a parser
+
+
+def test_behind_a_standing_line_a_new_connection_with_nothing_sent_waits_in_the_poller(
+    pair: Any,
+) -> None:
+    server, _ = pair
+    host, conn = Host(), Conn(server)
+    assert admission(standing=True).judge(host, conn, waiting=4, wait=0.040) is REFUSED
+    assert host.parked == [conn] and not host.dropped and not host.waiting
 
 
 def test_a_request_not_read_here_is_left_to_the_thread(pair: Any) -> None:

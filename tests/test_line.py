@@ -40,12 +40,12 @@ def test_a_request_taken_after_a_wait_carries_it_to_the_app() -> None:
     assert QUEUED_AT not in environ_of(line)  # once: a second call in the thread has none
 
 
-def test_an_admitted_request_says_so() -> None:
+def test_an_admitted_request_carries_the_wait_it_was_let_in_with() -> None:
     line = Line(threads=1, clock=Clock())
     ticket = line.join()
-    ticket.admitted = True
+    ticket.admitted = 0.012
     line.taken(ticket, waited_for_client=False)
-    assert environ_of(line)[ADMITTED] is True
+    assert environ_of(line)[ADMITTED] == 0.012
 
 
 def test_a_connection_whose_client_had_sent_nothing_gets_no_wait() -> None:

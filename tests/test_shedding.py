@@ -376,11 +376,15 @@ def test_on_arrival_a_new_worker_refuses_no_wait_while_warming_up() -> None:
     assert refusal is not None and refusal.reason == "deadline"
 
 
-def test_a_request_let_in_on_arrival_is_held_to_the_cap_only() -> None:
+def test_a_request_let_in_on_arrival_is_refused_only_well_past_its_wait() -> None:
     clock = Clock()
     policy = shedder(clock)
     overload(policy.codel, clock)
-    assert policy.check({QUEUE_DELAY: 0.020, ADMITTED: True}) is None  # let in with the queue
-    assert policy.check({QUEUE_DELAY: 0.020}) is not None  # CoDel saw that delay all the same
-    refusal = policy.check({QUEUE_DELAY: 0.150, ADMITTED: True})
-    assert refusal is not None and refusal.reason == "queue_limit"
+    # Let in expecting 15 ms, with a 5 ms target: held to a standing queue past 2 x 15 + 10 ms.
+    assert policy.check({QUEUE_DELAY: 0.035, ADMITTED: 0.015}) is None
+    assert policy.check({QUEUE_DELAY: 0.035}) is not None  # CoDel saw that delay all the same
+    refusal = policy.check({QUEUE_DELAY: 0.045, ADMITTED: 0.015})
+    assert refusal is not None and refusal.reason == "queue"
+    # Let in at once (a short line, expecting nothing): twice the target is its wait (30 ms).
+    assert policy.check({QUEUE_DELAY: 0.025, ADMITTED: 0.0}) is None
+    assert policy.check({QUEUE_DELAY: 0.035, ADMITTED: 0.0}) is not None

@@ -117,6 +117,9 @@ class Host(Protocol):
     def drop(self, conn: Any) -> None:
         """Close conn and count it off."""
 
+    def park(self, conn: Any) -> None:
+        """Put a new connection in the poller until its client sends its request."""
+
 
 class Admission:
     """Refuse a request on arrival by a shedding policy; count refusals as the app counts them.
@@ -132,14 +135,13 @@ class Admission:
         self._refused = metrics.requests.labels(SCORE_PATH, 503)
 
     def judge(self, host: Host, conn: Any, waiting: int, wait: float) -> str:
-        """Return REFUSED (answered or closed: not to be queued), ADMITTED (judged and let in:
-        the thread holds no standing queue against it) or UNJUDGED (the thread applies every
-        rule), for conn's request, `waiting` in line ahead of it, `wait` expected.
+        """Return REFUSED (answered, closed or parked: not to be queued), ADMITTED (judged and
+        let in: the thread holds it to the wait it was let in with) or UNJUDGED (the thread
+        applies every rule), for conn's request, `waiting` in line ahead of it, `wait` expected.
 
-        Every system call here lets the pool's threads take the interpreter, and the loop
-        waits for it again after: a kept-alive connection's bytes are read once, and handed
-        to its parser when the request is let in; a new connection's are only peeked at (its
-        parser is made by the thread that serves it).
+        A kept-alive connection's bytes are read once, and handed to its parser when the
+        request is let in; a new connection's are only peeked at (its parser is made by the
+        thread that serves it). The reads and the send keep the interpreter (`sockets`).
         """
         if wait <= self._threshold:
             return ADMITTED  # a short line: no rule on waits would refuse it
@@ -149,7 +151,10 @@ class Admission:
             return self._judge_kept_alive(host, conn, parser, waiting, wait, started)
         data = peek(conn.sock, PEEK_BYTES)
         if data is None:
-            return UNJUDGED  # nothing sent yet: it takes its turn, and a thread waits for it
+            # Nothing sent yet: queued now, it would meet the line unjudged and be refused late
+            # by its thread. It waits in the poller for its request, to be judged then.
+            host.park(conn)
+            return REFUSED
         arrival = parse_arrival(data)
         if arrival is None:
             return UNJUDGED

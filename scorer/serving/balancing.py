@@ -7,8 +7,9 @@ with half its threads or more busy, seeing a connection arrive, steps aside: it 
 listener out of its poller for `ACCEPT_DEFER_SECONDS` per request it has in progress past that
 half, and a less busy worker takes the connection meanwhile. If none has when the time is up,
 the connection is still there and this worker takes it (of two busy workers, the less busy one
-first). A worker already past all its threads takes every waiting connection at once: it is
-queueing anyway, and a connection in the kernel's backlog is one whose wait nobody can see.
+first). The wait stops growing once every thread is busy (6 ms with 4 threads), and a worker
+that has waited takes every connection then waiting at once: it is queueing anyway, and a
+connection in the kernel's backlog is one whose wait nobody can see.
 
 Nothing is asked of the kernel while no connection arrives: the balance costs the requests on
 kept-alive connections nothing.
@@ -48,7 +49,9 @@ class Balancer:
         until = self._until
         if until is None or now - until > ACCEPT_DEFER_SECONDS * self.threads:
             # A new arrival (a deferral long past is history): step aside for it.
-            self._until = now + ACCEPT_DEFER_SECONDS * (active - self.share + 1)
+            # Past all its threads it is as busy as it gets: the wait stops growing there.
+            busier = min(active, self.threads) - self.share + 1
+            self._until = now + ACCEPT_DEFER_SECONDS * busier
             return True
         if now < until:
             return True

@@ -8,8 +8,9 @@ environ:
 - `scorer.queued_at`: `time.monotonic()` when the request was queued (its arrival, as far as
   the worker can tell);
 - `scorer.queue_delay`: the seconds it waited for a thread;
-- `scorer.admitted`: True when the worker judged it on arrival and let it in
-  (`scorer.serving.admission`), so that the wait it then has is not held against it.
+- `scorer.admitted`: when the worker judged it on arrival and let it in
+  (`scorer.serving.admission`), the wait it was let in with (seconds): a wait up to about that
+  is not held against it.
 
 A new connection whose client has sent nothing yet when a thread takes it was waiting for its
 client, not for a thread (connection pools connect ahead of their requests): it gets neither.
@@ -45,7 +46,7 @@ class Ticket:
         self.queued_at = queued_at
         self.ahead = ahead
         self.taken = False  # set by the pool thread; read by the main loop
-        self.admitted = False  # judged on arrival and let in
+        self.admitted: float | None = None  # let in on arrival expecting this wait
 
 
 class _Current(threading.local):
@@ -53,7 +54,7 @@ class _Current(threading.local):
 
     queued_at: float | None = None
     delay: float = 0.0
-    admitted: bool = False
+    admitted: float | None = None
 
 
 class Line:
@@ -123,8 +124,8 @@ class Line:
                 current.queued_at = None  # HTTP/2: the streams after the first were not queued
                 environ[QUEUED_AT] = queued_at
                 environ[QUEUE_DELAY] = current.delay
-                if current.admitted:
-                    environ[ADMITTED] = True
+                if current.admitted is not None:
+                    environ[ADMITTED] = current.admitted
             return app(environ, start_response)
 
         return with_wait

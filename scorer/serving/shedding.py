@@ -164,9 +164,10 @@ class Shedder:
         delay = environ.get(QUEUE_DELAY)
         if delay is not None and not self._warming_up():
             # CoDel sees every delay, refused or not. A request the worker's main loop judged
-            # on arrival and let in is not refused for a standing queue after its wait: it was
-            # let in with that queue in view (scorer.serving.admission); the cap still holds.
-            standing = self.codel.should_shed(delay) and not environ.get(ADMITTED)
+            # on arrival and let in was let in with the queue in view (scorer.serving.admission):
+            # it is refused for a standing queue only if it waited well past the wait it was let
+            # in with (the line's pace changed under it), else a timeout would follow.
+            standing = self.codel.should_shed(delay) and self._past_promise(environ, delay)
             refusal = self._refuse_wait(
                 delay, standing, f"waited {_ms(delay)} ms for a worker thread"
             )
@@ -197,6 +198,14 @@ class Shedder:
         }
         scoring = f"{line}, and scoring takes about {_ms(self.service_time)} ms"
         return self._refuse_deadline(self.time_left(environ), wait + self.service_time, scoring)
+
+    def _past_promise(self, environ: Mapping[str, Any], delay: float) -> bool:
+        """Tell whether a request waited past what it was let in with (any, if not judged)."""
+        admitted = environ.get(ADMITTED)
+        if admitted is None:
+            return True
+        target = self.codel.target
+        return bool(delay > 2 * max(admitted, 2 * target) + 2 * target)
 
     def _refuse_wait(self, wait: float, standing: bool, waited: str) -> Overloaded | None:
         """The cap, then the standing queue, for a request whose wait `waited` describes."""

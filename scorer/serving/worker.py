@@ -20,6 +20,7 @@ import contextlib
 import selectors
 import signal
 import socket
+import time
 from functools import partial
 from typing import Any
 
@@ -27,7 +28,7 @@ from gunicorn import util
 from gunicorn.workers.gthread import ThreadWorker
 
 from scorer.metrics import Metrics
-from scorer.serving.admission import ADMITTED, REFUSED, Admission
+from scorer.serving.admission import ADMITTED, REFUSED, UNJUDGED, Admission
 from scorer.serving.balancing import Balancer
 from scorer.serving.deadlines import DeadlineExpired, arm_head, end_phase, head_timeout_response
 from scorer.serving.draining import Drain, close_listeners
@@ -74,6 +75,10 @@ class ScorerWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no type 
     def keep_waiting(self, conn: Any) -> None:
         """Wait for conn's next request in the poller, as gthread does after an answer."""
         conn.set_timeout()
+        if self._polled(conn):  # judged as it became readable: it never left the poller
+            self.keepalived_conns.remove(conn)
+            self.keepalived_conns.append(conn)  # the deque stays in order of timeout
+            return
         self.keepalived_conns.append(conn)
         self.poller.register(
             conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn)
@@ -81,23 +86,56 @@ class ScorerWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no type 
 
     def drop(self, conn: Any) -> None:
         """Close conn and count it off."""
+        if self._polled(conn):
+            self.poller.unregister(conn.sock)
+            self.keepalived_conns.remove(conn)
         self.nr_conns -= 1
         conn.close()
 
-    # --- gthread's hooks -------------------------------------------------------------------
-    def enqueue_req(self, conn: Any) -> None:
-        # Every request passes here on its way to the pool: judge it, then put it in line.
+    def park(self, conn: Any) -> None:
+        """Wait in the poller for a new connection's request: gthread's own pending path."""
+        conn.timeout = time.monotonic() + self.cfg.keepalive  # then murder_pending closes it
+        self.pending_conns.append(conn)
+        self.poller.register(
+            conn.sock, selectors.EVENT_READ, partial(self.on_pending_socket_readable, conn)
+        )
+
+    def _polled(self, conn: Any) -> bool:
+        return conn.sock in self.poller.get_map()
+
+    def _judge(self, conn: Any) -> tuple[str, float]:
+        """Ask admission about conn's request: its verdict, and the wait it was judged with.
+
+        UNJUDGED when nothing is refused on arrival (no policy, a stop, TLS or HTTP/2, or a
+        re-queue from finish_request of bytes its parser read ahead).
+        """
         admission = self.admission
-        admitted = False
-        if admission is not None and self.alive and not self._finishing:
-            waiting, wait = self.line.expected_wait()
-            plain = not conn.is_http2 and not self.cfg.is_ssl
-            verdict = admission.judge(self, conn, waiting, wait) if plain else None
-            if verdict is REFUSED:
-                return
-            admitted = verdict is ADMITTED
+        if admission is None or not self.alive or self._finishing:
+            return UNJUDGED, 0.0
+        if conn.is_http2 or self.cfg.is_ssl:
+            return UNJUDGED, 0.0
+        waiting, wait = self.line.expected_wait()
+        return admission.judge(self, conn, waiting, wait), wait
+
+    # --- gthread's hooks -------------------------------------------------------------------
+    def on_client_socket_readable(self, conn: Any, client: Any) -> None:
+        # A kept-alive connection's request is judged before it leaves the poller: refused,
+        # it stays there as it was, with no call to the poller.
+        judged = self._judge(conn)
+        if judged[0] is REFUSED:
+            return
+        conn.scorer_judged = judged
+        super().on_client_socket_readable(conn, client)
+
+    def enqueue_req(self, conn: Any) -> None:
+        # Every request passes here on its way to the pool: judged (if not yet), put in line.
+        verdict, wait = getattr(conn, "scorer_judged", None) or self._judge(conn)
+        if verdict is REFUSED:
+            return
+        conn.scorer_judged = None
         ticket = conn.scorer_ticket = self.line.join()
-        ticket.admitted = admitted
+        if verdict is ADMITTED:
+            ticket.admitted = wait
         super().enqueue_req(conn)
 
     def finish_request(self, conn: Any, fs: Any) -> None:
