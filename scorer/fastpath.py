@@ -29,6 +29,7 @@ from scorer.errors import (
 from scorer.metrics import Metrics
 from scorer.payload import parse_score_request
 from scorer.queueing import QUEUE_DELAY
+from scorer.record import RECORD_KEY, ScoreRecord
 from scorer.scoring import Scorer
 from scorer.shedding import Shedder
 from scorer.watchdog import Watchdog
@@ -204,7 +205,8 @@ class ScoreEndpoint:
             try:
                 request = parse_score_request(body, self._max_streams)
                 query = query_params(environ.get("QUERY_STRING", ""))
-                output = self._scorer.score(request, query)
+                record = environ[RECORD_KEY] = ScoreRecord()  # kept for the event log
+                output = self._scorer.score(request, query, record)
             finally:
                 answered = self._watchdog.end(token)
             status = 200
@@ -223,7 +225,8 @@ class ScoreEndpoint:
             metrics.inflight.dec()
         elapsed = time.perf_counter() - started
         headers.append(("Content-Length", str(len(output))))
-        headers.append(("Server-Timing", server_timing(queue_delay, elapsed)))
+        scored = environ.get(RECORD_KEY) if status == 200 else None
+        headers.append(("Server-Timing", server_timing(queue_delay, elapsed, scored)))
         start_response(_REASONS[status], headers)
         if not answered:  # else its client has its 504, and this answer goes nowhere
             self._count[status].inc()
@@ -234,8 +237,12 @@ class ScoreEndpoint:
         return [output]
 
 
-def server_timing(queue_delay: float | None, app: float) -> str:
-    """Return the Server-Timing value: the wait for a thread (when known) and the app's time."""
-    if queue_delay is None:
-        return f"app;dur={app * 1000:.2f}"
-    return f"queue;dur={queue_delay * 1000:.2f}, app;dur={app * 1000:.2f}"
+def server_timing(queue_delay: float | None, app: float, record: ScoreRecord | None = None) -> str:
+    """Return the Server-Timing value: the wait for a thread (when known), the app's time, and
+    for a scored request its record (store, decode, model times; misses; what was scored)."""
+    timing = f"app;dur={app * 1000:.2f}"
+    if queue_delay is not None:
+        timing = f"queue;dur={queue_delay * 1000:.2f}, {timing}"
+    if record is not None:
+        timing = f"{timing}, {record.server_timing()}"
+    return timing
