@@ -194,7 +194,9 @@ def test_key_dynamodb_would_refuse_costs_the_other_streams_nothing(
 
     assert streams[0]["f1"] == "https://ok|f1"
     assert set(streams[1]) == {"streamUrl"}
-    assert sample(metrics, "scorer_feature_cache_misses_total", kind="stream", result="invalid") == 3
+    assert (
+        sample(metrics, "scorer_feature_cache_misses_total", kind="stream", result="invalid") == 3
+    )
 
 
 def test_unreachable_store_degrades_instead_of_failing(metrics: Metrics) -> None:
