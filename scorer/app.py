@@ -82,8 +82,17 @@ def create_app(
 
     @app.get("/openapi.json")
     def openapi() -> Response:
-        features = list(scorer.model.stream_features) if scorer.model is not None else []
-        return _json(build_spec(__version__, features))
+        model = scorer.model
+        if model is None:
+            return _json(build_spec(__version__, []))
+        return _json(
+            build_spec(
+                __version__,
+                list(model.stream_features),
+                list(model.user_features),
+                list(model.global_features),
+            )
+        )
 
     @app.get("/metrics")
     def prometheus() -> Response:
