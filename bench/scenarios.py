@@ -258,6 +258,16 @@ def s6_stampede(bench: Bench, copies: int = 16) -> dict[str, Any]:
     return out
 
 
+def s10_history(bench: Bench) -> dict[str, Any]:
+    """Warm, 30 streams: the history model (4 user, 2 global features, a 50-stream history of
+    2 features) beside the same model reading stream features only."""
+    specs = [
+        ServerSpec("ours", bench.models["history"], 2, bench.endpoint, variant="history"),
+        ServerSpec("ours", bench.models["simple"], 2, bench.endpoint, variant="streams"),
+    ]
+    return compare(bench, specs, Workload(30))
+
+
 SCENARIOS = {
     "s1": s1_warm_30,
     "s2": s2_warm_100,
@@ -265,4 +275,5 @@ SCENARIOS = {
     "s4": s4_cpu_heavy,
     "s5": s5_memory,
     "s6": s6_stampede,
+    "s10": s10_history,
 }
