@@ -194,11 +194,14 @@ def test_item_ttl_expires_per_item_in_every_worker(server: Server, emulator: int
         )
 
     write("old")
-    entries_before = sample_value(server.metrics(), "scorer_feature_cache_entries")
+    entries_before = sample_value(server.metrics(), "scorer_feature_cache_entries", 'kind="stream"')
 
     def both_cached() -> bool:  # each of the 2 workers holds the 3 keys (f3 cached as absent)
         server.post("/score", streams(url))
-        return sample_value(server.metrics(), "scorer_feature_cache_entries") >= entries_before + 6
+        return (
+            sample_value(server.metrics(), "scorer_feature_cache_entries", 'kind="stream"')
+            >= entries_before + 6
+        )
 
     assert any(both_cached() for _ in range(200)), "one worker never took a request"
     write("new")
