@@ -60,8 +60,23 @@ def stream_url(i: int) -> str:
     return f"https://example.com/s/{i}"
 
 
+USERS = 64  # the warm bodies' user ids, u0..u63 (bench/load.py's BODIES)
+HISTORY_STREAMS = 50
+
+
+def user_items(pool_size: int) -> list[tuple[str, str, dict[str, Any]]]:
+    """Three numbers and a 50-stream watch history (pool streams) per warm user."""
+    items = []
+    for k in range(USERS):
+        items += [(f"u{k}", f"u{n}", {"value": {"N": str(k + n)}}) for n in (1, 2, 3)]
+        history = [{"S": stream_url((k * 7 + i) % pool_size)} for i in range(HISTORY_STREAMS)]
+        items.append((f"u{k}", "watched", {"value": {"L": history}}))
+    return items
+
+
 def create_features_table(endpoint: str, pool_size: int) -> None:
-    """Create the features table and write f1..f3 for every stream of the warm pool."""
+    """Create the features table: f1..f3 for every stream of the warm pool, the warm users'
+    features and history, and two global features (the history model reads them)."""
     ddb = client("dynamodb", endpoint)
     create_table(ddb, TABLE)
     put_features(
@@ -80,6 +95,8 @@ def create_features_table(endpoint: str, pool_size: int) -> None:
             for n, feature in enumerate(STREAM_FEATURES)
         ),
     )
+    put_features(ddb, TABLE, user_items(pool_size), prefix="USER#")
+    put_features(ddb, TABLE, [("", g, {"value": {"N": "1"}}) for g in ("g1", "g2")], "GLOBAL")
 
 
 def pickle_models(seed_python: Path, models_script: Path, out_dir: Path) -> dict[str, Any]:

@@ -51,16 +51,16 @@ def measure() -> dict[str, float]:
     scorer = app.extensions["scorer"]
     scorer.init_worker()
     urls = [f"https://streams.example.com/live/{n}" for n in range(STREAMS)]
-    scorer.fetcher.cache.put_many(
+    scorer.fetcher.fetchers.stream.cache.put_many(
         ((url, name), Entry(1.0, 1e9)) for url in urls for name in model.stream_features
     )
     body = orjson.dumps({"user": {"userid": "u"}, "streams": [{"streamUrl": u} for u in urls]})
     request = parse_score_request(body, settings.max_streams)
-    scorer.fetcher.enrich(request.streams, model.stream_features)
+    scorer.fetcher.fetchers.stream.enrich(request.streams, model.stream_features)
     per_url = Counter(urls)
     # The same streams again with list values (16 numbers each), which each stream gets a copy of.
     list_urls = [f"https://streams.example.com/vod/{n}" for n in range(STREAMS)]
-    scorer.fetcher.cache.put_many(
+    scorer.fetcher.fetchers.stream.cache.put_many(
         ((url, name), Entry([float(i) for i in range(16)], 1e9))
         for url in list_urls
         for name in model.stream_features
@@ -68,7 +68,7 @@ def measure() -> dict[str, float]:
 
     def enrich_lists() -> None:
         streams = [{"streamUrl": url} for url in list_urls]
-        scorer.fetcher.enrich(streams, model.stream_features)
+        scorer.fetcher.fetchers.stream.enrich(streams, model.stream_features)
 
     def run_model() -> None:
         rows = model.preprocess(request.user, request.streams, request.playlist, model.params)
@@ -103,7 +103,7 @@ def measure() -> dict[str, float]:
     return {
         "parse and check the body": best_us(lambda: parse_score_request(body, 1000)),
         "feature lookup (90 keys, warm)": best_us(
-            lambda: scorer.fetcher.lookup(per_url, model.stream_features)
+            lambda: scorer.fetcher.fetchers.stream.lookup(per_url, model.stream_features)
         ),
         "feature enrich (90 lists of 16 numbers, warm)": best_us(enrich_lists),
         "example model: preprocess, predict, encode": best_us(run_model),

@@ -16,6 +16,9 @@ import cloudpickle
 import numpy as np
 
 STREAM_FEATURES = ["f1", "f2", "f3"]
+USER_FEATURES = ["u1", "u2", "u3", "watched"]  # watched: the user's 50-stream history
+GLOBAL_FEATURES = ["g1", "g2"]
+HISTORY_FEATURES = ["f1", "f2"]
 CPU_TARGET_SECONDS = 0.002
 CPU4_TARGET_SECONDS = 0.004
 HEAVY_TARGET_SECONDS = 0.030
@@ -159,6 +162,16 @@ def build_models() -> dict[str, dict[str, Any]]:
             "preprocess": preprocess_mixed,
             "predict": predict_mixed,
             "params": {"weights": weights, "heavy_loops": calibrate_loops(HEAVY_TARGET_SECONDS)},
+        },
+        # The simple model, given 4 user features, 2 global ones and a 50-stream history with 2
+        # features each (bench/emulator.py writes them): what the extra reads and copies cost.
+        "history": {
+            **base,
+            "predict": predict_simple,
+            "params": {"weights": weights},
+            "user_features": USER_FEATURES,
+            "global_features": GLOBAL_FEATURES,
+            "history": {"user_feature": "watched", "stream_features": HISTORY_FEATURES},
         },
         "memory": {
             **base,

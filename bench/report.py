@@ -358,6 +358,7 @@ def scenario_sections(results: dict[str, Any]) -> list[str]:
         "s1": "S1: warm cache, 30 streams x 3 features",
         "s2": "S2: warm cache, 100 streams x 3 features",
         "s3": "S3: cold, fresh streams on every request (30 streams)",
+        "s11": "S11: user, global and history features beside streams only (30 warm streams)",
     }
     notes = {
         "s2": [

@@ -304,6 +304,16 @@ def ms(us: float | None) -> float | None:
     return None if us is None else round(us / 1000, 2)
 
 
+def s11_history(bench: Bench) -> dict[str, Any]:
+    """Warm, 30 streams: the history model (4 user, 2 global features, a 50-stream history of
+    2 features) beside the same model reading stream features only."""
+    specs = [
+        ServerSpec("ours", bench.models["history"], 2, bench.endpoint, variant="history"),
+        ServerSpec("ours", bench.models["simple"], 2, bench.endpoint, variant="streams"),
+    ]
+    return compare(bench, specs, Workload(30))
+
+
 SCENARIOS = {
     "s1": s1_warm_30,
     "s2": s2_warm_100,
@@ -312,4 +322,5 @@ SCENARIOS = {
     "s5": s5_memory,
     "s6": s6_stampede,
     "s10": s10_below_capacity,
+    "s11": s11_history,
 }

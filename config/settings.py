@@ -86,8 +86,15 @@ class Settings(BaseSettings):
     cache_maxsize: int = Field(default=50_000, alias="CACHE_MAXSIZE", ge=0)
     """Feature cache entries per worker (one entry per stream and feature)."""
     cache_max_bytes: int = Field(default=64 * 1024 * 1024, alias="CACHE_MAX_BYTES", ge=0, lt=2**48)
-    """Estimated bytes the feature cache of one worker may hold; past them, the least recently
-    used streams are evicted even under CACHE_MAXSIZE (clients choose the URLs it is keyed by)."""
+    """Estimated bytes the feature caches of one worker may hold; past them, the least recently
+    used streams are evicted even under CACHE_MAXSIZE (clients choose the URLs it is keyed by).
+    A model with user or global features gives a quarter to users and 1/32 to globals."""
+    user_cache_maxsize: int = Field(default=80_000, alias="USER_CACHE_MAXSIZE", ge=0)
+    """User-feature cache entries per worker (one per user and feature; `user_features` models)."""
+    global_cache_maxsize: int = Field(default=1_000, alias="GLOBAL_CACHE_MAXSIZE", ge=0)
+    """Global-feature cache entries per worker (`global_features` models)."""
+    max_history_streams: int = Field(default=256, alias="MAX_HISTORY_STREAMS", ge=0, le=10_000)
+    """Most watched streams of a user's history the model gets, most recent first."""
     feature_ttl_seconds: float = Field(default=300.0, alias="FEATURE_TTL_SECONDS", gt=0)
     """Cache lifetime of an item that has no `cache_ttl_in_seconds` attribute of its own."""
     absent_ttl_seconds: float = Field(default=30.0, alias="ABSENT_TTL_SECONDS", ge=0)

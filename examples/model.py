@@ -1,5 +1,7 @@
 """An example model in the seed service's format: a dict of preprocess, predict, params, features.
 
+It uses every key: stream, user and global features, the user's watch history and codecs.
+
 `python -m examples.model out.pkl` writes it with cloudpickle, as a team would for S3.
 """
 
@@ -11,19 +13,34 @@ from typing import Any
 import cloudpickle
 
 FEATURES = ["viewers", "quality", "freshness"]
+USER_FEATURES = ["affinity", "watched"]  # affinity: JSON text; watched: a list of stream URLs
+GLOBAL_FEATURES = ["boost"]  # little-endian float32 bytes: one boost per stream feature
+HISTORY = {"user_feature": "watched", "stream_features": ["quality"]}
 
 
 def preprocess(
     user: dict[str, Any], streams: list[dict[str, Any]], playlist: dict[str, Any], params: Any
 ) -> list[list[float]]:
-    """Turn each stream into a row of its feature values (0 when a feature is missing)."""
+    """Turn each stream into a row of its feature values (0 when a feature is missing).
+
+    The global boost scales the features; the user's affinity for quality adds the mean quality
+    of what they watched, and a stream they watched already scores 0.
+    """
+    boost = params.get("globals", {}).get("boost")
+    scale = [1.0] * len(params["features"]) if boost is None else [float(b) for b in boost]
+    history = params.get("history_streams", [])
+    watched = {s["streamUrl"] for s in history}
+    qualities = [float(s["quality"]) for s in history if isinstance(s.get("quality"), int | float)]
+    affinity = (user.get("affinity") or {}).get("quality", 0.0)
+    taste = affinity * sum(qualities) / len(qualities) if qualities else 0.0
     rows = []
     for stream in streams:
         row = []
-        for name in params["features"]:
+        for name, k in zip(params["features"], scale, strict=True):
             value = stream.get(name)
-            row.append(float(value) if isinstance(value, int | float) else 0.0)
-        rows.append(row)
+            row.append(k * float(value) if isinstance(value, int | float) else 0.0)
+        row[1] += taste
+        rows.append([0.0] * len(row) if stream["streamUrl"] in watched else row)
     return rows
 
 
@@ -42,6 +59,10 @@ def build() -> dict[str, Any]:
         "predict": predict,
         "params": {"features": FEATURES, "weights": [0.001, 1.0, 0.5]},
         "stream_features": FEATURES,
+        "user_features": USER_FEATURES,
+        "global_features": GLOBAL_FEATURES,
+        "history": HISTORY,
+        "feature_codecs": {"affinity": "json", "boost": "float32"},
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 
@@ -24,7 +25,8 @@ STREAMS = [f"https://streams.example.com/live/{n}" for n in range(1, 101)]
 
 
 def seed(port: int) -> str:
-    """Put the example model in S3 and three features per example stream in DynamoDB."""
+    """Put the example model in S3; in DynamoDB, three features per example stream, a user
+    (`viewer-1`: an affinity and a watch history of 10 streams) and the global boost."""
     dynamodb = aws_client("dynamodb", port)
     create_features_table(dynamodb, TABLE)
     put_features(
@@ -36,6 +38,18 @@ def seed(port: int) -> str:
             for name, value in zip(model.FEATURES, (n * 37 % 1000, n % 5, n % 7 / 7), strict=True)
         ),
     )
+    history = {"L": [{"S": url} for url in STREAMS[10:20]]}
+    put_features(
+        dynamodb,
+        TABLE,
+        [
+            ("viewer-1", "affinity", {"value": {"S": '{"quality": 0.25}'}}),
+            ("viewer-1", "watched", {"value": history}),
+        ],
+        prefix="USER#",
+    )
+    boost = struct.pack("<3f", 1.0, 1.0, 2.0)
+    put_features(dynamodb, TABLE, [("", "boost", {"value": {"B": boost}})], prefix="GLOBAL")
     return upload_model(aws_client("s3", port), "scorer-models", "example-model.pkl", model.dumps())
 
 

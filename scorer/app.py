@@ -32,12 +32,12 @@ def create_app(
     """Build the app; per-worker resources are created later, by `init_worker` after fork."""
     if fetcher_factory is None:
         from scorer.store import load_botocore_data
-        from scorer.worker import build_fetcher
+        from scorer.worker import build_enricher
 
         # Parsed here, in the master, only for a model that will read features.
-        reads_features = model is not None and bool(model.stream_features)
+        reads_features = model is not None and model.reads_features
         botocore_data = load_botocore_data() if reads_features else None
-        fetcher_factory = functools.partial(build_fetcher, botocore_data=botocore_data)
+        fetcher_factory = functools.partial(build_enricher, botocore_data=botocore_data)
     metrics = metrics or Metrics()
     scorer = Scorer(settings, model, metrics, fetcher_factory)
 
@@ -61,13 +61,19 @@ def create_app(
     def health() -> Response:
         if scorer.model is None:
             raise ModelNotLoaded("ML Model not loaded")
+        sizes = scorer.cache_sizes
         return _json(
             {
                 "status": "ok",
                 "model_loaded": True,
-                "cache_size": scorer.cache_size,
+                "cache_size": sizes["stream"],  # seed 0.1's name for the stream cache
+                "stream_cache_size": sizes["stream"],
+                "user_cache_size": sizes["user"],
+                "global_cache_size": sizes["global"],
                 "model_name": scorer.model.name,
                 "stream_features": list(scorer.model.stream_features),
+                "user_features": list(scorer.model.user_features),
+                "global_features": list(scorer.model.global_features),
                 "model_sha256": scorer.model.sha256,
                 "model_version": scorer.model.version,
                 "model_loaded_at": iso_utc(scorer.model.loaded_at),
@@ -76,8 +82,17 @@ def create_app(
 
     @app.get("/openapi.json")
     def openapi() -> Response:
-        features = list(scorer.model.stream_features) if scorer.model is not None else []
-        return _json(build_spec(__version__, features))
+        model = scorer.model
+        if model is None:
+            return _json(build_spec(__version__, []))
+        return _json(
+            build_spec(
+                __version__,
+                list(model.stream_features),
+                list(model.user_features),
+                list(model.global_features),
+            )
+        )
 
     @app.get("/metrics")
     def prometheus() -> Response:

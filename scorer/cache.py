@@ -86,6 +86,8 @@ def value_bytes(value: Any) -> int:
         size += sum(value_bytes(item) for item in value)
     elif isinstance(value, dict):
         size += sum(sys.getsizeof(key) + value_bytes(item) for key, item in value.items())
+    elif isinstance(value, tuple):  # a codec feature's (value, version)
+        size += sum(value_bytes(item) for item in value)
     return size
 
 

@@ -27,6 +27,7 @@ from scorer.errors import (
 )
 from scorer.metrics import Metrics
 from scorer.payload import parse_score_request
+from scorer.record import RECORD_KEY, ScoreRecord
 from scorer.scoring import Scorer
 from scorer.serving.admission import SCORE_PATH
 from scorer.serving.deadlines import DeadlineExpired, DeadlineSocket
@@ -204,7 +205,8 @@ class ScoreEndpoint:
             try:
                 request = parse_score_request(body, self._max_streams)
                 query = query_params(environ.get("QUERY_STRING", ""))
-                output = self._scorer.score(request, query)
+                record = environ[RECORD_KEY] = ScoreRecord()  # kept for the event log
+                output = self._scorer.score(request, query, record)
             finally:
                 answered = self._watchdog.end(token)
             status = 200
@@ -223,7 +225,8 @@ class ScoreEndpoint:
             metrics.inflight.dec()
         elapsed = time.perf_counter() - started
         headers.append(("Content-Length", str(len(output))))
-        headers.append(("Server-Timing", server_timing(queue_delay, elapsed)))
+        scored = environ.get(RECORD_KEY) if status == 200 else None
+        headers.append(("Server-Timing", timing_header(queue_delay, elapsed, scored)))
         start_response(_REASONS[status], headers)
         if not answered:  # else its client has its 504, and this answer goes nowhere
             self._count[status].inc()
@@ -232,3 +235,10 @@ class ScoreEndpoint:
             if status == 200 and shedder is not None:
                 shedder.record_service(elapsed)
         return [output]
+
+
+def timing_header(queue_delay: float | None, app: float, record: ScoreRecord | None) -> str:
+    """Return Server-Timing: the wait for a thread (when known), the app's time, and for a
+    scored request its record (store, decode, model times; misses; what was scored)."""
+    timing = server_timing(queue_delay, app)
+    return timing if record is None else f"{timing}, {record.server_timing()}"

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, Future, wait
+from dataclasses import dataclass, field
 from typing import Any
 
 from scorer.cache import ABSENT, Copier, Entry, FeatureCache, FeatureKey, Fresh, copier
@@ -36,6 +37,46 @@ def drop_client_values(stream: dict[str, Any], names: Sequence[str]) -> None:
             stream.pop(name, None)
 
 
+@dataclass(slots=True)
+class Pending:
+    """A lookup begun: what the cache had, the reads it waits on, and its misses."""
+
+    deadline: float
+    found: dict[str, dict[str, Any]] = field(default_factory=dict)
+    shared: Shared = field(default_factory=dict)
+    waits: Waits = field(default_factory=dict)
+    misses: int = 0
+
+
+def apply_features(
+    streams: Sequence[dict[str, Any]],
+    names: Sequence[str],
+    found: Mapping[str, dict[str, Any]],
+    shared: Shared,
+) -> None:
+    """Set what a lookup found on each stream, each with its own copy of lists and maps."""
+    every = len(names)
+    for stream in streams:
+        url = stream["streamUrl"]
+        values = found.get(url)
+        if values is None or len(values) < every:  # else every name is overwritten
+            drop_client_values(stream, names)
+        if values:
+            stream.update(values)
+            if shared:
+                for name, copy in shared.get(url, ()):
+                    if name in values:
+                        stream[name] = copy(values[name])
+
+
+def count_degraded(metrics: Metrics, reasons: set[str]) -> None:
+    """Count one request scored without some features, once per reason."""
+    for reason in reasons:
+        metrics.degraded_requests.labels(reason).inc()
+    if reasons:
+        logger.warning("scored without some features: %s", ", ".join(sorted(reasons)))
+
+
 class FeatureFetcher:
     """Look feature values up for a request, sharing cache and in-flight reads across threads."""
 
@@ -49,8 +90,11 @@ class FeatureFetcher:
         stream_pk_prefix: str,
         timeout: float,
         clock: Callable[[], float] = time.monotonic,
+        kind: str = "stream",
     ) -> None:
         self.cache = cache
+        self.kind = kind
+        self._m = metrics.caches[kind]
         self._store = store
         self._pool = pool
         self._metrics = metrics
@@ -71,18 +115,7 @@ class FeatureFetcher:
             return False
         per_url = Counter(stream["streamUrl"] for stream in streams)
         found, shared, degraded = self.lookup(per_url, names)
-        every = len(names)
-        for stream in streams:
-            url = stream["streamUrl"]
-            values = found.get(url)
-            if values is None or len(values) < every:  # else every name is overwritten
-                drop_client_values(stream, names)
-            if values:
-                stream.update(values)
-                if shared:
-                    for name, copy in shared.get(url, ()):
-                        if name in values:
-                            stream[name] = copy(values[name])
+        apply_features(streams, names, found, shared)
         return degraded
 
     def lookup(
@@ -94,21 +127,36 @@ class FeatureFetcher:
         before anyone may change them. `per_url` says how many streams share each url, so
         every stream-feature lookup is counted exactly once, as a hit or a miss.
         """
-        deadline = self._clock() + self._timeout
-        waits: Waits = {}
-        shared: Shared = {}
-        fetched = coalesced = invalid = 0
+        pending = self.begin(per_url, names, self._clock() + self._timeout)
+        reasons = self.finish(pending)
+        count_degraded(self._metrics, reasons)
+        return pending.found, pending.shared, bool(reasons)
+
+    def begin(self, per_url: Mapping[str, int], names: Sequence[str], deadline: float) -> Pending:
+        """Take what the cache has and start reading the rest; `finish` waits for it.
+
+        Between the two a caller can begin lookups in other caches, so their reads overlap.
+        """
+        pending = Pending(deadline)
         # One lock for all three steps: a key found missing is claimed before another thread
         # can find it missing too, so concurrent misses of a key share one read.
         with self.cache.lock:
-            found, missing, hits, absent_hits = self._read_cache(per_url, names, shared)
+            found, missing, hits, absent_hits = self._read_cache(per_url, names, pending.shared)
             if missing:
-                owned, fetched, coalesced, invalid = self._join_or_claim(missing, waits)
-                self._start_reads(owned, deadline, waits)
+                owned, fetched, coalesced, invalid = self._join_or_claim(missing, pending.waits)
+                self._start_reads(owned, deadline, pending.waits)
+                pending.misses = fetched + coalesced + invalid
+            else:
+                fetched = coalesced = invalid = 0
+        pending.found = found
         self._count(hits, absent_hits, fetched, coalesced, invalid)
-        if not waits:
-            return found, shared, False
-        return found, shared, self._collect(waits, deadline, found, shared)
+        return pending
+
+    def finish(self, pending: Pending) -> set[str]:
+        """Wait for a lookup's reads until its deadline; return why any fell short (if any)."""
+        if not pending.waits:
+            return set()
+        return self._collect(pending.waits, pending.deadline, pending.found, pending.shared)
 
     def _read_cache(
         self, per_url: Mapping[str, int], names: Sequence[str], shared: Shared
@@ -189,8 +237,8 @@ class FeatureFetcher:
 
     def _collect(
         self, waits: Waits, deadline: float, found: dict[str, dict[str, Any]], shared: Shared
-    ) -> bool:
-        """Add what the reads found by the deadline to `found`; return True if any fell short."""
+    ) -> set[str]:
+        """Add what the reads found by the deadline to `found`; return why any fell short."""
         done, not_done = wait(waits, timeout=max(0.0, deadline - self._clock()))
         reasons: set[str] = set()
         if not_done:
@@ -208,11 +256,7 @@ class FeatureFetcher:
                     found.setdefault(key[0], {})[key[1]] = entry.value
                     if (copy := copier(entry.value)) is not None:  # the cache holds it too
                         shared[key[0]] = (*shared.get(key[0], ()), (key[1], copy))
-        for reason in reasons:
-            self._metrics.degraded_requests.labels(reason).inc()
-        if reasons:
-            logger.warning("scored without some features: %s", ", ".join(sorted(reasons)))
-        return bool(reasons)
+        return reasons
 
     def _fetch_chunk(self, chunk: Chunk, deadline: float, future: Read) -> None:
         entries: dict[FeatureKey, Entry] = {}
@@ -237,13 +281,13 @@ class FeatureFetcher:
                 future.set_result(entries)
             else:
                 future.set_exception(error)
-        self._metrics.cache_entries.set(size)
-        self._metrics.cache_bytes.set(nbytes)
+        self._m.entries.set(size)
+        self._m.bytes.set(nbytes)
 
     def _count(
         self, hits: int, absent_hits: int, fetched: int, coalesced: int, invalid: int
     ) -> None:
-        m = self._metrics
+        m = self._m
         for counter, amount in (
             (m.hits_value, hits),
             (m.hits_absent, absent_hits),

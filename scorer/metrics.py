@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -29,8 +30,37 @@ LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 )  # fmt: skip
 STAGES = ("features", "preprocess", "predict", "serialize")
+CACHE_KINDS = ("stream", "user", "global")
+"""The feature caches: a stream's features, a user's, and those shared by everyone."""
 SHED_REASONS = ("queue", "queue_limit", "deadline", "disconnected")
 """Why a /score request was refused under overload (scorer/serving/shedding.py)."""
+
+
+class CacheMetrics(NamedTuple):
+    """One cache's hot-path children, resolved once (.labels() takes a lock and a lookup)."""
+
+    hits_value: Counter
+    hits_absent: Counter
+    misses_fetched: Counter
+    misses_coalesced: Counter
+    misses_invalid: Counter
+    entries: Gauge
+    bytes: Gauge
+    decode_failures: Counter
+
+    @classmethod
+    def of(cls, metrics: Metrics, kind: str) -> CacheMetrics:
+        hits, misses = metrics.cache_hits, metrics.cache_misses
+        return cls(
+            hits.labels(kind, "value"),
+            hits.labels(kind, "absent"),
+            misses.labels(kind, "fetched"),
+            misses.labels(kind, "coalesced"),
+            misses.labels(kind, "invalid"),
+            metrics.cache_entries.labels(kind),
+            metrics.cache_bytes.labels(kind),
+            metrics.decode_failures.labels(kind),
+        )
 
 
 class Metrics:
@@ -57,28 +87,37 @@ class Metrics:
         )
         self.cache_hits = Counter(
             "scorer_feature_cache_hits",
-            "Stream-feature lookups answered by the cache (kind: value, or absent from the table).",
-            ["kind"],
+            "Feature lookups answered by the cache, by cache (kind: stream, user, global) and "
+            "result (value, or absent from the table).",
+            ["kind", "result"],
             registry=r,
         )
         self.cache_misses = Counter(
             "scorer_feature_cache_misses",
-            "Stream-feature lookups not in the cache (kind: fetched by this request, "
-            "coalesced onto a fetch in flight, or invalid key never sent).",
-            ["kind"],
+            "Feature lookups not in the cache, by cache (kind) and result (fetched by this "
+            "request, coalesced onto a fetch in flight, or invalid key never sent).",
+            ["kind", "result"],
             registry=r,
         )
         self.cache_entries = Gauge(
             "scorer_feature_cache_entries",
-            "Entries in the feature caches of all live workers.",
+            "Entries in the feature caches of all live workers, by cache (kind).",
+            ["kind"],
             registry=r,
             multiprocess_mode="livesum",
         )
         self.cache_bytes = Gauge(
             "scorer_feature_cache_bytes",
-            "Estimated bytes held by the feature caches of all live workers.",
+            "Estimated bytes held by the feature caches of all live workers, by cache (kind).",
+            ["kind"],
             registry=r,
             multiprocess_mode="livesum",
+        )
+        self.decode_failures = Counter(
+            "scorer_feature_decode_failures",
+            "Feature values a codec could not decode (the model got None), by cache (kind).",
+            ["kind"],
+            registry=r,
         )
         self.dynamodb_duration = Histogram(
             "scorer_dynamodb_request_duration_seconds",
@@ -152,11 +191,10 @@ class Metrics:
         )
         # Hot-path children resolved once: .labels() costs a lock and a dict lookup each call.
         self.stage = {stage: self.stage_duration.labels(stage) for stage in STAGES}
-        self.hits_value = self.cache_hits.labels("value")
-        self.hits_absent = self.cache_hits.labels("absent")
-        self.misses_fetched = self.cache_misses.labels("fetched")
-        self.misses_coalesced = self.cache_misses.labels("coalesced")
-        self.misses_invalid = self.cache_misses.labels("invalid")
+        self.caches = {kind: CacheMetrics.of(self, kind) for kind in CACHE_KINDS}
+        stream = self.caches["stream"]  # what the stream-only code and its tests use
+        self.hits_value, self.hits_absent = stream.hits_value, stream.hits_absent
+        self.misses_fetched = stream.misses_fetched
         # Every result and reason exists from the start, so a dashboard shows 0, not no data.
         self.reloads_succeeded = self.model_reloads.labels("success")
         self.reloads_failed = self.model_reloads.labels("failure")
@@ -221,7 +259,7 @@ def hit_ratio(families: list[Metric]) -> Metric:
     lookups = hits + totals["scorer_feature_cache_misses_total"]
     return GaugeMetricFamily(
         "scorer_feature_cache_hit_ratio",
-        "Share of stream-feature lookups answered by the cache, over all workers.",
+        "Share of feature lookups answered by the caches, over all workers and kinds.",
         value=hits / lookups if lookups else 0.0,
     )
 

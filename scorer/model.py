@@ -1,5 +1,8 @@
 """Load and validate the team's model: a cloudpickled dict of preprocess, predict, params, features.
 
+Besides `stream_features`, a model may ask for `user_features`, `global_features`, a watch
+`history` and `feature_codecs` (haystack-ml-stack 0.4's keys); each is checked here.
+
 The master process loads it once before forking, so every check that can fail happens here,
 at start-up, with one message naming the cause, never on the first request.
 """
@@ -16,6 +19,7 @@ from typing import Any
 import cloudpickle
 
 from config import Settings
+from scorer.feature_codecs import Codec, CodecError, resolve_codecs
 from scorer.source import SourceError, source_for
 
 logger = logging.getLogger(__name__)
@@ -23,6 +27,14 @@ logger = logging.getLogger(__name__)
 
 class ModelError(Exception):
     """The model cannot be fetched, unpickled or used; the service must not start."""
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """Which user feature holds the watch history, and the features each watched stream gets."""
+
+    user_feature: str
+    stream_features: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,9 +46,18 @@ class Model:
     predict: Callable[..., Any]
     params: Any = field(default_factory=dict)
     stream_features: tuple[str, ...] = ()
+    user_features: tuple[str, ...] = ()
+    global_features: tuple[str, ...] = ()
+    history: History | None = None
+    codecs: Mapping[str, Codec] = field(default_factory=dict)
     sha256: str = ""
     version: str = ""  # S3 VersionId or ETag; for MODEL_PATH, mtime (ns) and size
     loaded_at: float = field(default_factory=time.time)  # Unix time this process unpickled it
+
+    @property
+    def reads_features(self) -> bool:
+        """Tell whether scoring reads the feature store at all (else no AWS is needed)."""
+        return bool(self.stream_features or self.user_features or self.global_features)
 
 
 def build_model(data: bytes, name: str, expected_sha256: str | None = None) -> Model:
@@ -63,24 +84,60 @@ def validate_model(raw: object, name: str, digest: str = "") -> Model:
         if not callable(raw[key]):
             raise ModelError(f"model {name}: '{key}' is not callable")
     params = raw.get("params")
+    user_features = feature_names(raw.get("user_features"), name, "'user_features'", strict=True)
+    try:
+        codecs = resolve_codecs(raw.get("feature_codecs"))
+    except CodecError as exc:
+        raise ModelError(f"model {name}: {exc}") from None
     return Model(
         name=name,
         preprocess=raw["preprocess"],
         predict=raw["predict"],
         params={} if params is None else params,
         stream_features=feature_names(raw.get("stream_features"), name),
+        user_features=user_features,
+        global_features=feature_names(
+            raw.get("global_features"), name, "'global_features'", strict=True
+        ),
+        history=history_of(raw.get("history"), user_features, name),
+        codecs=codecs,
         sha256=digest,
     )
+
+
+HISTORY_KEYS = frozenset({"user_feature", "stream_features"})
+
+
+def history_of(raw: object, user_features: tuple[str, ...], name: str) -> History | None:
+    """Return the model's `history`, checked against its `user_features`, or None."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping) or set(raw) != HISTORY_KEYS:
+        raise ModelError(
+            f"model {name}: 'history' must be a dict of 'user_feature' and 'stream_features'"
+        )
+    feature = raw["user_feature"]
+    if not isinstance(feature, str) or not feature:
+        raise ModelError(f"model {name}: 'history'['user_feature'] must be a feature name")
+    if feature not in user_features:
+        raise ModelError(f"model {name}: history feature {feature!r} is not in 'user_features'")
+    features = feature_names(
+        raw["stream_features"], name, "'history'['stream_features']", strict=True
+    )
+    return History(feature, features)
 
 
 COLLECTIONS = (list, tuple, set, frozenset)
 """What `stream_features` may be (after a numpy array's `tolist()`); never a str, never a dict."""
 
 
-def feature_names(features: object, name: str) -> tuple[str, ...]:
-    """Return `stream_features` as distinct plain strings, from a list, tuple, set or numpy array.
+def feature_names(
+    features: object, name: str, key: str = "'stream_features'", *, strict: bool = False
+) -> tuple[str, ...]:
+    """Return a key's feature names as distinct plain strings, from a list, tuple, set or array.
 
-    Never by truth value: a numpy array of more than one name has none (it raises).
+    Never by truth value: a numpy array of more than one name has none (it raises). `strict`
+    (the keys seed 0.1 did not have) also refuses the empty name, naming it.
     """
     if features is None:
         return ()
@@ -88,10 +145,18 @@ def feature_names(features: object, name: str) -> tuple[str, ...]:
         if callable(getattr(features, "tolist", None)):  # numpy: numpy.str_ items become str
             features = features.tolist()  # type: ignore[attr-defined]
         if isinstance(features, COLLECTIONS) and all(isinstance(f, str) for f in features):
-            return tuple(dict.fromkeys(str(f) for f in features))
+            names = tuple(dict.fromkeys(str(f) for f in features))
+            if strict and "" in names:
+                raise ModelError(f"model {name}: {key} has an empty feature name")
+            return names
+    except ModelError:
+        raise
     except Exception:  # an unpickled object can raise anything from tolist() or iteration
         pass
-    raise ModelError(f"model {name}: 'stream_features' must be a list of strings")
+    if strict and isinstance(features, COLLECTIONS):
+        bad = next((f for f in features if not isinstance(f, str)), None)
+        raise ModelError(f"model {name}: {key} has {bad!r}, which is not a feature name")
+    raise ModelError(f"model {name}: {key} must be a list of strings")
 
 
 def load_model(settings: Settings) -> Model:
@@ -104,14 +169,24 @@ def load_model(settings: Settings) -> Model:
         build_model(data, settings.model_name, settings.model_sha256), version=version.label
     )
     logger.info(
-        "loaded model %s (%d bytes, sha256 %s, version %s, features %s)",
+        "loaded model %s (%d bytes, sha256 %s, version %s, features %s, user %s, global %s)",
         model.name,
         len(data),
         model.sha256[:12],
         model.version,
         list(model.stream_features),
+        list(model.user_features),
+        list(model.global_features),
     )
     return model
 
 
-__all__ = ["Model", "ModelError", "build_model", "feature_names", "load_model", "validate_model"]
+__all__ = [
+    "History",
+    "Model",
+    "ModelError",
+    "build_model",
+    "feature_names",
+    "load_model",
+    "validate_model",
+]

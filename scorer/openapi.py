@@ -19,7 +19,10 @@ _ERROR = {
 _JSON_OBJECT = {"type": "object", "additionalProperties": True}
 _SERVER_TIMING = {
     "description": "`queue;dur=<ms>, app;dur=<ms>`: the wait for a worker thread (when known)"
-    " and the time the service took to answer.",
+    " and the time the service took to answer. A scored request (200) adds its record:"
+    ' `store`, `decode`, `preprocess` and `predict` durations (ms), `miss;desc="stream=<n>'
+    ' user=<n> global=<n>"` (cache misses), `streams;desc="<scored> history=<n>"` and'
+    ' `retrieval;desc="ok|degraded decode_failures=<n>"`.',
     "schema": {"type": "string"},
 }
 _OVERLOADED = {
@@ -46,8 +49,19 @@ def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def build_spec(version: str, stream_features: list[str]) -> dict[str, Any]:
+def build_spec(
+    version: str,
+    stream_features: list[str],
+    user_features: list[str] | None = None,
+    global_features: list[str] | None = None,
+) -> dict[str, Any]:
     """Return the OpenAPI document for this service and model."""
+    kinds = (
+        ("stream", stream_features),
+        ("user", user_features or []),
+        ("global", global_features or []),
+    )
+    reads = "; ".join(f"{kind} features {', '.join(names)}" for kind, names in kinds if names)
     stream = {
         "type": "object",
         "required": ["streamUrl"],
@@ -60,7 +74,7 @@ def build_spec(version: str, stream_features: list[str]) -> dict[str, Any]:
             "title": "scorer",
             "version": version,
             "description": "Scores live video streams with a team's model and DynamoDB features. "
-            f"This model reads the stream features {', '.join(stream_features) or '(none)'}.",
+            f"This model reads {reads or 'no features'}.",
         },
         "paths": {
             "/": {
@@ -94,6 +108,17 @@ def build_spec(version: str, stream_features: list[str]) -> dict[str, Any]:
                                     "status": {"type": "string", "enum": ["ok"]},
                                     "model_loaded": {"type": "boolean"},
                                     "cache_size": {"type": "integer", "minimum": 0},
+                                    "stream_cache_size": {"type": "integer", "minimum": 0},
+                                    "user_cache_size": {"type": "integer", "minimum": 0},
+                                    "global_cache_size": {"type": "integer", "minimum": 0},
+                                    "user_features": {
+                                        "type": "array",
+                                        "items": {"type": "string"},
+                                    },
+                                    "global_features": {
+                                        "type": "array",
+                                        "items": {"type": "string"},
+                                    },
                                     "model_name": {"type": "string"},
                                     "stream_features": {
                                         "type": "array",
@@ -113,6 +138,10 @@ def build_spec(version: str, stream_features: list[str]) -> dict[str, Any]:
                 "post": {
                     "summary": "Score streams for a user",
                     "description": "Query parameters reach the model as params['query_params']."
+                    " For a model with `user_features`, `user.userid` (a string or integer)"
+                    " names the user whose features are set on `user`; without it none are"
+                    " read. Global features reach the model as params['globals'], the user's"
+                    " watched streams with their features as params['history_streams']."
                     " A client's deadline, `X-Request-Timeout-Ms` or"
                     " `x-envoy-expected-rq-timeout-ms` (ms, from `X-Request-Start` when a proxy"
                     " sets it), is honoured: a request that cannot be answered within it is"

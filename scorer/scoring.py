@@ -1,4 +1,4 @@
-"""Score one request: enrich streams with features, preprocess, predict, encode.
+"""Score one request: fetch its features, preprocess, predict, encode; record what it cost.
 
 The model is the team's own code, so everything it raises becomes the seed's 500
 "Model prediction failed", with the traceback in the log, and never takes the worker down.
@@ -16,16 +16,35 @@ from typing import Any
 
 from config import Settings
 from scorer.codec import encode
+from scorer.enrichment import Enricher, Extras
 from scorer.errors import ModelFailed, ModelNotLoaded, NoModelOutput
-from scorer.features import FeatureFetcher
 from scorer.logs import ClientText
 from scorer.metrics import Metrics
 from scorer.model import Model
 from scorer.payload import ScoreRequest
+from scorer.record import ScoreRecord
 
 logger = logging.getLogger(__name__)
 
-FetcherFactory = Callable[[Settings, Metrics], FeatureFetcher]
+FetcherFactory = Callable[[Settings, Metrics, Model], Enricher]
+"""Builds a worker's fetchers for the model it serves (after fork)."""
+
+
+def request_params(model: Model, query: Mapping[str, str], extras: Extras | None) -> Any:
+    """Return the params one request's model sees: a copy, with what this request adds.
+
+    The shared params are read by every thread and never written. `globals` and
+    `history_streams` are there only for a model that asks for them, as in seed 0.1.
+    """
+    params = model.params
+    if not isinstance(params, Mapping):
+        return params
+    params = {**params, "query_params": dict(query)}
+    if model.global_features:
+        params["globals"] = extras.globals if extras else dict.fromkeys(model.global_features)
+    if model.history is not None:
+        params["history_streams"] = extras.history_streams if extras else []
+    return params
 
 
 def is_empty(output: Any) -> bool:
@@ -55,7 +74,7 @@ class Scorer:
         self.model = model
         self.metrics = metrics
         self._fetcher_factory = fetcher_factory
-        self._fetcher: FeatureFetcher | None = None
+        self._fetcher: Enricher | None = None
         self._fetcher_pid = 0
         self._init_lock = threading.Lock()
 
@@ -65,11 +84,11 @@ class Scorer:
         A model that reads no features needs none of them, nor any AWS configuration.
         """
         self.publish_model_info()
-        if self.model is None or not self.model.stream_features:
+        if self.model is None or not self.model.reads_features:
             return
         with self._init_lock:
             if self._fetcher is None or self._fetcher_pid != os.getpid():
-                self._fetcher = self._fetcher_factory(self.settings, self.metrics)
+                self._fetcher = self._fetcher_factory(self.settings, self.metrics, self.model)
                 self._fetcher_pid = os.getpid()
                 logger.info("worker %d: feature store client and cache ready", self._fetcher_pid)
 
@@ -85,7 +104,7 @@ class Scorer:
             self.metrics.model_info.labels(*labels).set(1)
 
     @property
-    def fetcher(self) -> FeatureFetcher:
+    def fetcher(self) -> Enricher:
         """Return this process's fetcher, creating it if the post-fork hook did not run."""
         if self._fetcher is None or self._fetcher_pid != os.getpid():
             self.init_worker()
@@ -93,12 +112,16 @@ class Scorer:
         return self._fetcher
 
     @property
-    def cache_size(self) -> int:
-        """Return the number of entries in this worker's feature cache."""
-        return len(self._fetcher.cache) if self._fetcher is not None else 0
+    def cache_sizes(self) -> dict[str, int]:
+        """Return the entries (features) in each of this worker's feature caches, by kind."""
+        if self._fetcher is None:
+            return {"stream": 0, "user": 0, "global": 0}
+        return self._fetcher.fetchers.sizes()
 
-    def score(self, request: ScoreRequest, query: Mapping[str, str]) -> bytes:
-        """Return the model's JSON output for one checked request."""
+    def score(
+        self, request: ScoreRequest, query: Mapping[str, str], record: ScoreRecord | None = None
+    ) -> bytes:
+        """Return the model's JSON output for one checked request; fill `record` if given."""
         model = self.model
         if model is None:
             raise ModelNotLoaded("ML Model not loaded")
@@ -106,15 +129,14 @@ class Scorer:
             return b"{}"
         stage = self.metrics.stage
         started = time.perf_counter()
-        if model.stream_features:
-            self.fetcher.enrich(request.streams, model.stream_features)
+        if record is None:
+            record = ScoreRecord()
+        extras = self.fetcher.enrich(model, request, record) if model.reads_features else None
         if self.settings.logs_fraction and random.random() < self.settings.logs_fraction:
             userid = ClientText(request.user.get("userid", ""))
             logger.info("user %s streams: %s", userid, ClientText(request.streams))
-        params = model.params
-        if isinstance(params, Mapping):
-            # A per-request copy: the shared params are read by every thread and never written.
-            params = {**params, "query_params": dict(query)}
+        params = request_params(model, query, extras)
+        record.streams_scored = len(request.streams)
         t_features = time.perf_counter()
         try:
             model_input = model.preprocess(request.user, request.streams, request.playlist, params)
@@ -132,6 +154,8 @@ class Scorer:
             logger.exception("model output cannot be encoded as JSON")
             raise ModelFailed("Model prediction failed") from None
         t_serialize = time.perf_counter()
+        record.preprocess_ms = (t_preprocess - t_features) * 1000
+        record.predict_ms = (t_predict - t_preprocess) * 1000
         stage["features"].observe(t_features - started)
         stage["preprocess"].observe(t_preprocess - t_features)
         stage["predict"].observe(t_predict - t_preprocess)

@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from scorer.codec import encode
 from scorer.errors import ScorerError
 from scorer.model import Model, ModelError, build_model
 from scorer.payload import parse_score_request
-from scorer.scoring import is_empty
+from scorer.scoring import is_empty, request_params
 from scorer.source import SourceError, Version, VersionGone, source_for
 from scorer.store import StoreConfigError, check_region
 
@@ -42,9 +42,9 @@ def score_sample(model: Model, body: dict[str, Any], max_streams: int) -> None:
         request = parse_score_request(orjson.dumps(body), max_streams)
     except ScorerError as exc:
         raise SampleError(f"MODEL_SAMPLE_REQUEST is not a valid /score body: {exc}") from None
-    params = model.params
-    if isinstance(params, Mapping):
-        params = {**params, "query_params": {}}
+    params = request_params(model, {}, None)  # no store here: globals None, no history
+    for name in model.user_features:
+        request.user.setdefault(name, None)
     try:
         model_input = model.preprocess(request.user, request.streams, request.playlist, params)
         output = model.predict(model_input, params)

@@ -1,7 +1,9 @@
 """Read feature items from DynamoDB with BatchGetItem, one chunk of at most 100 keys per call.
 
 The item layout is the seed service's: `pk = prefix + streamUrl`, `sk = feature name`, the
-value in `value`, an optional per-item `cache_ttl_in_seconds`.
+value in `value`, an optional per-item `cache_ttl_in_seconds`. User features live under
+`USER#<userid>` and global ones under `GLOBAL` (haystack-ml-stack 0.4's layout): one store per
+prefix. A feature with a codec keeps its item's optional `version` beside its value.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from config import Settings
 from scorer.cache import ABSENT, Entry, FeatureKey
+from scorer.feature_codecs import Versioned
 from scorer.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -146,10 +149,14 @@ class FeatureStore:
         metrics: Metrics,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        prefix: str | None = None,
+        versioned: frozenset[str] = frozenset(),
     ) -> None:
         self._client = client
         self._table = settings.features_table
-        self._prefix = settings.stream_pk_prefix
+        self._prefix = settings.stream_pk_prefix if prefix is None else prefix
+        self._versioned = versioned  # the features with a codec: it is given their version
         self._default_ttl = settings.feature_ttl_seconds
         self._absent_ttl = settings.absent_ttl_seconds
         self._retries = settings.unprocessed_retries
@@ -243,6 +250,9 @@ class FeatureStore:
 
     def _entry(self, item: dict[str, Any]) -> Entry:
         value = deserialize(item["value"]) if "value" in item else None
+        if value is not None and item["sk"]["S"] in self._versioned:
+            version = item.get("version", {})  # as written: "v1" or "1", never "1.0"
+            value = Versioned(value, version.get("S", version.get("N")))
         ttl = self._default_ttl
         raw_ttl = item.get("cache_ttl_in_seconds", {}).get("N")
         if raw_ttl is not None:

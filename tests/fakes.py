@@ -143,3 +143,79 @@ def recording_predict(model_input: dict[str, Any], params: Any) -> dict[str, Any
 def recording_model(calls: str) -> dict[str, Any]:
     """Return a model that reads no features and records every request it runs in `calls`."""
     return echo_model([], predict=recording_predict, params={"calls": calls})
+
+
+USER_FEATURES = ["u_score", "u_tags", "watched"]
+GLOBAL_FEATURES = ["g_weights", "g_blob"]
+HISTORY_FEATURES = ["f1", "emb"]
+
+
+def versioned_codec(value: Any, version: Any) -> dict[str, Any]:
+    """A team's own codec: says what it was given, and refuses a value b'bad'."""
+    if value == b"bad":
+        raise ValueError("cannot decode this")
+    return {"raw": value.decode() if isinstance(value, bytes) else value, "version": version}
+
+
+def full_predict(model_input: dict[str, Any], params: Any) -> dict[str, Any]:
+    """Echo what the model got: user, stream features, globals and the history streams."""
+    out = echo_predict(model_input, params)
+    out["globals"] = params.get("globals")
+    out["history_streams"] = params.get("history_streams")
+    out["shared_params_keys"] = sorted(params)
+    return out
+
+
+def full_model(**overrides: Any) -> dict[str, Any]:
+    """Return an echo model using every key: user, global, history features and codecs."""
+    return echo_model(
+        FEATURES,
+        predict=full_predict,
+        user_features=USER_FEATURES,
+        global_features=GLOBAL_FEATURES,
+        history={"user_feature": "watched", "stream_features": HISTORY_FEATURES},
+        feature_codecs={
+            "u_tags": "json",
+            "g_weights": "json",
+            "emb": "float32",
+            "g_blob": versioned_codec,
+        },
+        **overrides,
+    )
+
+
+BAD_KEYS: dict[str, tuple[dict[str, Any], str]] = {
+    "unknown codec": (
+        {"feature_codecs": {"emb": "float16"}},
+        "'feature_codecs'['emb']: unknown codec 'float16' (built-in: json, float32)",
+    ),
+    "codec not callable": (
+        {"feature_codecs": {"emb": 3}},
+        "'feature_codecs'['emb'] is neither a codec name nor callable: int",
+    ),
+    "history not a user feature": (
+        {
+            "user_features": ["u_score"],
+            "history": {"user_feature": "watched", "stream_features": ["f1"]},
+        },
+        "history feature 'watched' is not in 'user_features'",
+    ),
+    "empty user feature name": (
+        {"user_features": ["u_score", ""]},
+        "'user_features' has an empty feature name",
+    ),
+    "global feature not a string": (
+        {"global_features": ["g", 7]},
+        "'global_features' has 7, which is not a feature name",
+    ),
+    "empty history feature name": (
+        {"user_features": ["w"], "history": {"user_feature": "w", "stream_features": [""]}},
+        "'history'['stream_features'] has an empty feature name",
+    ),
+}
+"""Models with a bad key beside a good echo model, and the cause each is refused with."""
+
+
+def bad_keys_model(case: str) -> dict[str, Any]:
+    """Return the echo model with the keys of a BAD_KEYS case."""
+    return echo_model(**BAD_KEYS[case][0])

@@ -43,8 +43,13 @@ def test_health_reports_model_and_cache(client: FlaskClient, dynamodb: Any, tabl
         "status": "ok",
         "model_loaded": True,
         "cache_size": 3,
+        "stream_cache_size": 3,
+        "user_cache_size": 0,
+        "global_cache_size": 0,
         "model_name": "test-model.pkl",
         "stream_features": fakes.FEATURES,
+        "user_features": [],
+        "global_features": [],
         "model_sha256": "",  # built in memory: no file, no hash, no version
         "model_version": "",
     }

@@ -66,7 +66,7 @@ def test_sixty_streams_get_all_180_features_and_warm_request_reads_nothing(
     assert (
         sample(metrics, "scorer_dynamodb_keys_requested_total") == 180
     )  # nothing read the second time
-    assert sample(metrics, "scorer_feature_cache_hits_total", kind="value") == 180
+    assert sample(metrics, "scorer_feature_cache_hits_total", kind="stream", result="value") == 180
 
 
 def test_cache_gauges_report_the_entries_and_bytes_held(
@@ -77,8 +77,8 @@ def test_cache_gauges_report_the_entries_and_bytes_held(
 
     fetcher.enrich(streams_for(["https://a", "https://b", "https://unknown"]), NAMES)
 
-    assert sample(metrics, "scorer_feature_cache_entries") == len(fetcher.cache) == 9
-    held = sample(metrics, "scorer_feature_cache_bytes")
+    assert sample(metrics, "scorer_feature_cache_entries", kind="stream") == len(fetcher.cache) == 9
+    held = sample(metrics, "scorer_feature_cache_bytes", kind="stream")
     assert held == fetcher.cache.bytes
     assert 3 * 400 < held < 3 * 2000  # three streams of three small features
 
@@ -93,7 +93,7 @@ def test_duplicate_streams_all_get_features(dynamodb: Any, table: str, metrics: 
     assert [s.get("f2") for s in streams] == ["https://a|f2", "https://b|f2"] + ["https://a|f2"] * 2
     assert sample(metrics, "scorer_dynamodb_keys_requested_total") == 6  # keys deduplicated
     assert (
-        sample(metrics, "scorer_feature_cache_misses_total", kind="fetched") == 12
+        sample(metrics, "scorer_feature_cache_misses_total", kind="stream", result="fetched") == 12
     )  # every stream x feature lookup counted
 
 
@@ -122,7 +122,7 @@ def test_unknown_stream_is_cached_as_absent(dynamodb: Any, table: str, metrics: 
         fetcher.enrich(streams, NAMES)
         assert streams == [{"streamUrl": "https://nowhere"}]
     assert sample(metrics, "scorer_dynamodb_keys_requested_total") == 3
-    assert sample(metrics, "scorer_feature_cache_hits_total", kind="absent") == 6
+    assert sample(metrics, "scorer_feature_cache_hits_total", kind="stream", result="absent") == 6
 
 
 def test_item_ttl_decides_when_a_feature_is_read_again(
@@ -175,10 +175,10 @@ def test_concurrent_requests_read_each_key_once(
     assert all(len(s) == 4 for s in results[0])
     assert sample(metrics, "scorer_dynamodb_keys_requested_total") == 150
     lookups = 16 * 150
-    hits = sample(metrics, "scorer_feature_cache_hits_total", kind="value")
+    hits = sample(metrics, "scorer_feature_cache_hits_total", kind="stream", result="value")
     misses = sum(
-        sample(metrics, "scorer_feature_cache_misses_total", kind=kind)
-        for kind in ("fetched", "coalesced")
+        sample(metrics, "scorer_feature_cache_misses_total", kind="stream", result=result)
+        for result in ("fetched", "coalesced")
     )
     assert hits + misses == lookups
 
@@ -194,7 +194,9 @@ def test_key_dynamodb_would_refuse_costs_the_other_streams_nothing(
 
     assert streams[0]["f1"] == "https://ok|f1"
     assert set(streams[1]) == {"streamUrl"}
-    assert sample(metrics, "scorer_feature_cache_misses_total", kind="invalid") == 3
+    assert (
+        sample(metrics, "scorer_feature_cache_misses_total", kind="stream", result="invalid") == 3
+    )
 
 
 def test_unreachable_store_degrades_instead_of_failing(metrics: Metrics) -> None:

@@ -194,11 +194,14 @@ def test_item_ttl_expires_per_item_in_every_worker(server: Server, emulator: int
         )
 
     write("old")
-    entries_before = sample_value(server.metrics(), "scorer_feature_cache_entries")
+    entries_before = sample_value(server.metrics(), "scorer_feature_cache_entries", 'kind="stream"')
 
     def both_cached() -> bool:  # each of the 2 workers holds the 3 keys (f3 cached as absent)
         server.post("/score", streams(url))
-        return sample_value(server.metrics(), "scorer_feature_cache_entries") >= entries_before + 6
+        return (
+            sample_value(server.metrics(), "scorer_feature_cache_entries", 'kind="stream"')
+            >= entries_before + 6
+        )
 
     assert any(both_cached() for _ in range(200)), "one worker never took a request"
     write("new")
@@ -583,3 +586,83 @@ def test_model_info_is_one_series_over_all_workers(server: Server) -> None:
     assert len(samples) == 1, samples  # no pid label, nothing from the master
     assert samples[0].startswith('scorer_model_info{name="echo.pkl",')
     assert samples[0].endswith(" 1.0")
+
+
+@pytest.mark.parametrize("case", list(fakes.BAD_KEYS))
+def test_bad_feature_key_stops_start_up_naming_it(tmp_path: Path, emulator: int, case: str) -> None:
+    bad = tmp_path / "bad.pkl"
+    bad.write_bytes(fakes.pickle_by_value(fakes.bad_keys_model(case)))
+    env = gunicorn_env(emulator, PORT=str(free_port()), MODEL_PATH=str(bad))
+    log = tmp_path / "log"
+
+    status = run_gunicorn(env, log).wait(timeout=30)
+
+    output = log.read_text()
+    assert status != 0
+    assert f"scorer: cannot start: model bad.pkl: {fakes.BAD_KEYS[case][1]}" in output
+    assert "Traceback" not in output
+
+
+def test_user_global_and_history_features_per_kind_over_two_workers(
+    tmp_path: Path, emulator: int
+) -> None:
+    dynamodb = aws_client("dynamodb", emulator)
+    create_features_table(dynamodb, "gunicorn-full")
+    put_features(
+        dynamodb,
+        "gunicorn-full",
+        [
+            ("u1", "u_score", {"value": {"N": "1"}}),
+            ("u1", "watched", {"value": {"L": [{"S": "https://h"}]}}),
+        ],
+        prefix="USER#",
+    )
+    put_features(
+        dynamodb, "gunicorn-full", [("", "g_weights", {"value": {"S": "[1]"}})], prefix="GLOBAL"
+    )
+    seed_features(dynamodb, "gunicorn-full", ["https://c", "https://h"], NAMES)
+    model = tmp_path / "full.pkl"
+    model.write_bytes(fakes.pickle_by_value(fakes.full_model()))
+    env = gunicorn_env(
+        emulator,
+        PORT=str(free_port()),
+        MODEL_PATH=str(model),
+        FEATURES_TABLE="gunicorn-full",
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
+        SHEDDING="false",
+    )
+    server = start_service(env, tmp_path)
+    try:
+        timings = []
+        for _ in range(12):  # new connections: both workers answer some
+            request = urllib.request.Request(
+                server.url("/score"),
+                data=json.dumps(streams("https://c") | {"user": {"userid": "u1"}}).encode(),
+                headers={"Content-Type": "application/json", "Connection": "close"},
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                answer = json.loads(response.read())
+                timings.append(response.headers["Server-Timing"])
+        text = server.metrics()
+    finally:
+        stop_service(server)
+
+    assert answer["user"] == {
+        "userid": "u1",
+        "u_score": 1.0,
+        "u_tags": None,
+        "watched": ["https://h"],
+    }
+    assert answer["globals"] == {"g_weights": [1], "g_blob": None}
+    assert answer["history_streams"] == [{"streamUrl": "https://h", "f1": "https://h|f1"}]
+    served = sample_value(text, "scorer_feature_cache_entries", 'kind="user"') / 3
+    assert served in (1, 2)  # the workers that answered hold u1's 3 features each
+    fetched = 'kind="{}",result="fetched"'
+    assert sample_value(text, "scorer_feature_cache_misses_total", fetched.format("user")) == (
+        3 * served
+    )
+    assert sample_value(text, "scorer_feature_cache_misses_total", fetched.format("global")) == (
+        2 * served
+    )
+    assert sample_value(text, "scorer_feature_cache_entries", 'kind="global"') == 2 * served
+    assert sum('miss;desc="stream=0 user=0 global=0"' in t for t in timings) == 12 - served

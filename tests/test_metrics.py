@@ -45,5 +45,5 @@ def test_exited_workers_fold_into_one_archive_and_totals_stay_exact(tmp_path: Pa
         out["files"]
     )
     assert not any(str(pid) in name for pid in folded for name in out["files"])
-    assert 'scorer_feature_cache_hits_total{kind="value"} 12.0' in out["lines"]
+    assert 'scorer_feature_cache_hits_total{kind="stream",result="value"} 12.0' in out["lines"]
     assert "scorer_request_duration_seconds_count 3.0" in out["lines"]

@@ -96,3 +96,27 @@ def test_missing_s3_key_names_the_path(emulator: int) -> None:
 def test_missing_local_file_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="cannot read MODEL_PATH"):
         load_model(make_settings(MODEL_PATH=str(tmp_path / "none.pkl")))
+
+
+@pytest.mark.parametrize("case", list(fakes.BAD_KEYS))
+def test_bad_user_global_history_or_codec_key_is_refused_naming_it(case: str) -> None:
+    message = fakes.BAD_KEYS[case][1]
+    with pytest.raises(ModelError) as refused:
+        build_model(cloudpickle.dumps(fakes.bad_keys_model(case)), "m.pkl")
+    assert str(refused.value) == f"model m.pkl: {message}"
+
+
+def test_full_model_keys_are_loaded() -> None:
+    model = build_model(cloudpickle.dumps(fakes.full_model()), "m.pkl")
+    assert model.user_features == tuple(fakes.USER_FEATURES)
+    assert model.global_features == tuple(fakes.GLOBAL_FEATURES)
+    assert model.history is not None and model.history.user_feature == "watched"
+    assert model.history.stream_features == tuple(fakes.HISTORY_FEATURES)
+    assert set(model.codecs) == {"u_tags", "g_weights", "emb", "g_blob"}
+    assert model.reads_features
+
+
+def test_seed_model_has_none_of_the_new_keys() -> None:
+    model = build_model(SEED_MODEL.read_bytes(), SEED_MODEL.name)
+    assert (model.user_features, model.global_features, model.history) == ((), (), None)
+    assert model.codecs == {}

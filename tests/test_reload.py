@@ -381,6 +381,15 @@ BAD_MODELS = {
         lambda: fakes.pickle_needing_module(MISSING),
         f"cannot be unpickled: ModuleNotFoundError: No module named '{MISSING}'",
     ),
+    **{
+        case: (
+            lambda case=case: fakes.pickle_by_value(
+                fakes.tagged_model("bad", **fakes.BAD_KEYS[case][0])
+            ),
+            message,
+        )
+        for case, (_, message) in fakes.BAD_KEYS.items()
+    },
 }
 
 
