@@ -34,6 +34,8 @@ class Model:
     predict: Callable[..., Any]
     params: Any = field(default_factory=dict)
     stream_features: tuple[str, ...] = ()
+    # Names left out of the inference event's user and streams (scorer/events.py), as the seed's.
+    kafka_features_to_ignore: tuple[str, ...] = ()
     sha256: str = ""
     version: str = ""  # S3 VersionId or ETag; for MODEL_PATH, mtime (ns) and size
     loaded_at: float = field(default_factory=time.time)  # Unix time this process unpickled it
@@ -69,6 +71,9 @@ def validate_model(raw: object, name: str, digest: str = "") -> Model:
         predict=raw["predict"],
         params={} if params is None else params,
         stream_features=feature_names(raw.get("stream_features"), name),
+        kafka_features_to_ignore=feature_names(
+            raw.get("kafka_features_to_ignore"), name, key="kafka_features_to_ignore"
+        ),
         sha256=digest,
     )
 
@@ -77,8 +82,8 @@ COLLECTIONS = (list, tuple, set, frozenset)
 """What `stream_features` may be (after a numpy array's `tolist()`); never a str, never a dict."""
 
 
-def feature_names(features: object, name: str) -> tuple[str, ...]:
-    """Return `stream_features` as distinct plain strings, from a list, tuple, set or numpy array.
+def feature_names(features: object, name: str, key: str = "stream_features") -> tuple[str, ...]:
+    """Return `stream_features` (or `key`) as distinct plain strings, from a list, set or array.
 
     Never by truth value: a numpy array of more than one name has none (it raises).
     """
@@ -91,7 +96,7 @@ def feature_names(features: object, name: str) -> tuple[str, ...]:
             return tuple(dict.fromkeys(str(f) for f in features))
     except Exception:  # an unpickled object can raise anything from tolist() or iteration
         pass
-    raise ModelError(f"model {name}: 'stream_features' must be a list of strings")
+    raise ModelError(f"model {name}: '{key}' must be a list of strings")
 
 
 def load_model(settings: Settings) -> Model:

@@ -17,6 +17,7 @@ from typing import Any
 from config import Settings
 from scorer.codec import encode
 from scorer.errors import ModelFailed, ModelNotLoaded, NoModelOutput
+from scorer.events import Trace
 from scorer.features import FeatureFetcher
 from scorer.logs import ClientText
 from scorer.metrics import Metrics
@@ -97,8 +98,10 @@ class Scorer:
         """Return the number of entries in this worker's feature cache."""
         return len(self._fetcher.cache) if self._fetcher is not None else 0
 
-    def score(self, request: ScoreRequest, query: Mapping[str, str]) -> bytes:
-        """Return the model's JSON output for one checked request."""
+    def score(
+        self, request: ScoreRequest, query: Mapping[str, str], trace: Trace | None = None
+    ) -> bytes:
+        """Return the model's JSON output for one checked request; fill `trace` if given."""
         model = self.model
         if model is None:
             raise ModelNotLoaded("ML Model not loaded")
@@ -106,8 +109,9 @@ class Scorer:
             return b"{}"
         stage = self.metrics.stage
         started = time.perf_counter()
+        degraded = False
         if model.stream_features:
-            self.fetcher.enrich(request.streams, model.stream_features)
+            degraded = self.fetcher.enrich(request.streams, model.stream_features)
         if self.settings.logs_fraction and random.random() < self.settings.logs_fraction:
             userid = ClientText(request.user.get("userid", ""))
             logger.info("user %s streams: %s", userid, ClientText(request.streams))
@@ -116,6 +120,8 @@ class Scorer:
             # A per-request copy: the shared params are read by every thread and never written.
             params = {**params, "query_params": dict(query)}
         t_features = time.perf_counter()
+        if trace is not None:
+            trace.keep_input(request.user, request.streams)
         try:
             model_input = model.preprocess(request.user, request.streams, request.playlist, params)
             t_preprocess = time.perf_counter()
@@ -136,4 +142,7 @@ class Scorer:
         stage["preprocess"].observe(t_preprocess - t_features)
         stage["predict"].observe(t_predict - t_preprocess)
         stage["serialize"].observe(t_serialize - t_predict)
+        if trace is not None:
+            marks = (started, t_features, t_preprocess, t_predict, t_serialize)
+            trace.keep_output(model, body, degraded, marks)
         return body

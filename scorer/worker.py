@@ -16,6 +16,7 @@ from flask import Flask
 
 from config import Settings
 from scorer.cache import FeatureCache
+from scorer.eventlog import EventLog
 from scorer.features import FeatureFetcher
 from scorer.metrics import Metrics
 from scorer.poller import ModelPoller
@@ -56,6 +57,9 @@ def init_worker(
     scorer: Scorer = app.extensions["scorer"]
     sys.setswitchinterval(scorer.settings.switch_interval_ms / 1000)
     scorer.init_worker()
+    events: EventLog | None = app.extensions.get("scorer.events")
+    if events is not None:
+        events.start()
     app.extensions["scorer.watchdog"].start(retire)
     reloader: ModelReloader | None = app.extensions.get("scorer.reloader")
     settings = scorer.settings
@@ -70,3 +74,13 @@ def init_worker(
             master_pid=os.getppid() if master_pid is None else master_pid,
             is_alive=is_alive,
         ).start()
+
+
+def exit_worker(app: Flask) -> None:
+    """Flush the worker's queued inference events; gunicorn's worker_exit hook calls this.
+
+    Every way a worker ends passes here once its requests are done: stop, reload, recycling.
+    """
+    events: EventLog | None = app.extensions.get("scorer.events")
+    if events is not None:
+        events.close()

@@ -143,3 +143,30 @@ def recording_predict(model_input: dict[str, Any], params: Any) -> dict[str, Any
 def recording_model(calls: str) -> dict[str, Any]:
     """Return a model that reads no features and records every request it runs in `calls`."""
     return echo_model([], predict=recording_predict, params={"calls": calls})
+
+
+class FakeProducer:
+    """confluent-kafka's Producer as the event log uses it, in memory; `refuse` makes it raise."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.produced: list[tuple[str, bytes, bytes]] = []
+        self.refuse: BaseException | None = None
+        self.left_after_flush = 0  # what flush() reports as still queued
+        self.flushed_with: float | None = None
+
+    def produce(self, topic: str, value: bytes, key: bytes) -> None:
+        if self.refuse is not None:
+            raise self.refuse
+        self.produced.append((topic, key, value))
+
+    def poll(self, timeout: float) -> int:
+        time.sleep(min(timeout, 0.01))
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        self.flushed_with = timeout
+        return self.left_after_flush
+
+    def __len__(self) -> int:
+        return len(self.produced)
