@@ -170,3 +170,8 @@ class FakeProducer:
 
     def __len__(self) -> int:
         return len(self.produced)
+
+
+def echo_pid_predict(model_input: dict[str, Any], params: Any) -> dict[str, Any]:
+    """Echo, and say which worker answered."""
+    return {**echo_predict(model_input, params), "pid": os.getpid()}
