@@ -358,6 +358,7 @@ def scenario_sections(results: dict[str, Any]) -> list[str]:
         "s1": "S1: warm cache, 30 streams x 3 features",
         "s2": "S2: warm cache, 100 streams x 3 features",
         "s3": "S3: cold, fresh streams on every request (30 streams)",
+        "kafka": "Kafka: inference event log on (every user, tansu up) vs off, warm, 30 streams",
     }
     notes = {
         "s2": [

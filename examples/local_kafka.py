@@ -92,3 +92,16 @@ def read_events(
         return events
     finally:
         consumer.close()
+
+
+def count_events(bootstrap: str, topic: str) -> int:
+    """Return how many events the topic holds (the sum of its partitions' high watermarks)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "scorer-count"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p, 0), timeout=10)[1]
+            for p in partitions
+        )
+    finally:
+        consumer.close()
