@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 
@@ -57,10 +57,18 @@ def start_tansu(port: int, log: Any = subprocess.DEVNULL) -> subprocess.Popen[by
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int = 2) -> None:
-    """Create `topic` with AdminClient and wait until the broker says it is made."""
+    """Create `topic` with AdminClient and wait until the broker says it is made.
+
+    A topic that exists already is left as it is: tansu creates one on a producer's first
+    metadata request for it, which may come first.
+    """
     admin = AdminClient({"bootstrap.servers": bootstrap})
     for future in admin.create_topics([NewTopic(topic, partitions, 1)]).values():
-        future.result(10)
+        try:
+            future.result(10)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
 
 
 def read_events(
