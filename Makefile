@@ -19,8 +19,9 @@ $(VENV)/.bench: $(STAMP)
 	touch $@
 
 ## run: the service on 127.0.0.1:8000 against a local AWS emulator with an example model
+##      (KAFKA=1: and a local Kafka broker, tansu, receiving the inference events)
 run: $(STAMP)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m examples.run_local
+	KAFKA=$(KAFKA) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m examples.run_local
 
 ## lint: ruff (lint and format check) and mypy
 lint: $(STAMP)

@@ -96,6 +96,18 @@ def post_fork(server: Any, worker: Any) -> None:
     )
 
 
+def worker_exit(server: Any, worker: Any) -> None:
+    """Flush the worker's queued inference events before it exits (stop, reload, recycling).
+
+    Within KAFKA_FLUSH_SECONDS (10 s, at most 20): it starts once the worker's requests are done,
+    and graceful_timeout (30 s) bounds the drain and this together; the Kubernetes kit's grace
+    period (45 s) covers its preStop sleep (10 s) and graceful_timeout.
+    """
+    from scorer.worker import exit_worker
+
+    exit_worker(worker.app.wsgi())
+
+
 def on_reload(server: Any) -> None:
     """Swap in a new model version (SIGHUP, by hand or from the poll) before new workers fork."""
     if not server.cfg.preload_app:

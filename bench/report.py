@@ -359,6 +359,7 @@ def scenario_sections(results: dict[str, Any]) -> list[str]:
         "s2": "S2: warm cache, 100 streams x 3 features",
         "s3": "S3: cold, fresh streams on every request (30 streams)",
         "s11": "S11: user, global and history features beside streams only (30 warm streams)",
+        "kafka": "Kafka: inference event log on (every user, tansu up) vs off, warm, 30 streams",
     }
     notes = {
         "s2": [

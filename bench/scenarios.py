@@ -12,9 +12,12 @@ from client import post_score, read_metric, send_all, send_at_once
 from emulator import time_batch_gets
 from load import BODIES, Workload, cold_urls, make_body, run_wrk, warm_urls, write_lua
 from memory import tree_pss_mib
+from procs import free_port
 from proxy import start_proxy
 from rounds import alternate, round_ratios, summarize
 from servers import Server, ServerSpec, running
+
+from examples.local_kafka import count_events, create_topic, start_tansu
 
 KEYS_METRIC = "scorer_dynamodb_keys_requested_total"
 # Requests our service scored without some features (timeout, errors): a silent quality loss.
@@ -299,6 +302,32 @@ def s10_below_capacity(bench: Bench) -> dict[str, Any]:
     return out
 
 
+def kafka_log(bench: Bench) -> dict[str, Any]:
+    """Ours with the inference event log on (every user logged, tansu up) against it off."""
+    model = bench.models["ranked"]
+    port = free_port()
+    with (bench.log_dir / "tansu.log").open("wb") as log:
+        broker = start_tansu(port, log)
+    try:
+        bootstrap, topic = f"127.0.0.1:{port}", "bench-events"
+        create_topic(bootstrap, topic)
+        on = (
+            ("KAFKA_BOOTSTRAP_SERVERS", bootstrap),
+            ("KAFKA_TOPIC", topic),
+            ("KAFKA_FRACTION", "1"),
+        )
+        specs = [  # the first is the one the ratios are of
+            ServerSpec("ours", model, 2, bench.endpoint, extra_env=on, variant="kafka=on"),
+            ServerSpec("ours", model, 2, bench.endpoint, variant="kafka=off"),
+        ]
+        result = compare(bench, specs, Workload(30))
+        result["events_in_topic"] = count_events(bootstrap, topic)  # the servers have flushed
+        return result
+    finally:
+        broker.terminate()
+        broker.wait(timeout=10)
+
+
 def ms(us: float | None) -> float | None:
     """Microseconds to milliseconds, rounded for the report."""
     return None if us is None else round(us / 1000, 2)
@@ -323,4 +352,5 @@ SCENARIOS = {
     "s6": s6_stampede,
     "s10": s10_below_capacity,
     "s11": s11_history,
+    "kafka": kafka_log,
 }

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, Json, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    Json,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SAMPLE_REQUEST: dict[str, Any] = {
@@ -24,6 +32,10 @@ DEFAULT_SAMPLE_REQUEST: dict[str, Any] = {
     "playlist": {},
 }
 """The request a new model version scores once before it replaces the current one."""
+
+
+SECRET_KEYS_FIELDS = ("KAFKA_WRITER_USER", "KAFKA_WRITER_PASSWORD", "KAFKA_BROKER_CA_CERTIFICATE")
+"""What the seed's `SECRET_KEYS` JSON holds for Kafka: user, password, base64 of the CA's PEM."""
 
 
 class SettingsError(Exception):
@@ -124,6 +136,46 @@ class Settings(BaseSettings):
     max_streams: int = Field(default=1000, alias="MAX_STREAMS", ge=1)
     """Most streams in one request; more get 413."""
 
+    # --- inference event log (scorer/events.py, scorer/eventlog.py) ----------------------
+    kafka_bootstrap_servers: str | None = Field(default=None, alias="KAFKA_BOOTSTRAP_SERVERS")
+    """Kafka brokers (`host:port,...`) to publish one event per logged request to; unset: off."""
+    kafka_topic: str | None = Field(default=None, alias="KAFKA_TOPIC", pattern=r"^[A-Za-z0-9._-]+$")
+    """Topic of the inference events; required with KAFKA_BOOTSTRAP_SERVERS."""
+    kafka_fraction: float = Field(default=0.01, alias="KAFKA_FRACTION", ge=0, le=1)
+    """Share of users whose requests are logged, by a hash of the user id: the same users stay
+    logged across restarts, pods and a move from the seed service, which uses the same rule."""
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = (
+        Field(default=None, alias="KAFKA_SECURITY_PROTOCOL")
+    )
+    """How to reach the brokers; unset: PLAINTEXT, or SASL_SSL when SECRET_KEYS is given."""
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, alias="KAFKA_SASL_MECHANISM"
+    )
+    """SASL mechanism; unset: none, or SCRAM-SHA-512 when SECRET_KEYS is given (the seed's)."""
+    kafka_sasl_username: str | None = Field(default=None, alias="KAFKA_SASL_USERNAME")
+    """SASL user name (Confluent Cloud: the API key); over SECRET_KEYS' KAFKA_WRITER_USER."""
+    kafka_sasl_password: SecretStr | None = Field(default=None, alias="KAFKA_SASL_PASSWORD")
+    """SASL password (Confluent Cloud: the API secret); never logged."""
+    kafka_ssl_ca_location: Path | None = Field(default=None, alias="KAFKA_SSL_CA_LOCATION")
+    """A CA bundle (PEM file) to check the brokers' certificates with; unset: the system's."""
+    secret_keys: SecretStr | None = Field(default=None, alias="SECRET_KEYS")
+    """The seed's JSON of Kafka credentials (KAFKA_WRITER_USER, KAFKA_WRITER_PASSWORD,
+    KAFKA_BROKER_CA_CERTIFICATE as base64 PEM), accepted as is for a drop-in move."""
+    kafka_queue_max_messages: int = Field(
+        default=10_000, alias="KAFKA_QUEUE_MAX_MESSAGES", ge=1, le=10_000_000
+    )
+    """Events one worker may hold for the broker; past it (or KAFKA_QUEUE_MAX_KBYTES) new events
+    are dropped and counted, so a slow or absent broker never slows a request."""
+    kafka_queue_max_kbytes: int = Field(
+        default=16_384, alias="KAFKA_QUEUE_MAX_KBYTES", ge=1, le=2_097_151
+    )
+    """KiB of events one worker may hold for the broker: counts against the pod's memory."""
+    kafka_flush_seconds: float = Field(default=10.0, alias="KAFKA_FLUSH_SECONDS", ge=0, le=20)
+    """Longest an exiting worker (stop, reload, recycling) waits for the broker to take its queued
+    events; what is left is counted as dropped. At most 20: gunicorn's graceful_timeout (30 s)
+    covers the requests' drain and this, and TIMEOUT must exceed it (the master kills a worker
+    silent for longer)."""
+
     # --- overload (scorer/serving/shedding.py) -------------------------------------------
     shedding: bool = Field(default=True, alias="SHEDDING")
     """Refuse /score requests that cannot be answered in time (503) instead of queueing them."""
@@ -214,6 +266,49 @@ class Settings(BaseSettings):
         if not all(isinstance(s, dict) and isinstance(s.get("streamUrl"), str) for s in streams):
             raise ValueError("every stream must be an object with a string streamUrl")
         return value
+
+    @field_validator("kafka_bootstrap_servers", "kafka_sasl_username")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+    @field_validator("secret_keys")
+    @classmethod
+    def _check_secret_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        # The message never quotes the value: it holds a password.
+        if value is None or not value.get_secret_value().strip():
+            return None
+        try:
+            keys = json.loads(value.get_secret_value())
+        except ValueError:
+            raise ValueError("must be a JSON object (its content is not shown)") from None
+        if not isinstance(keys, dict):
+            raise ValueError("must be a JSON object (its content is not shown)")
+        missing = [name for name in SECRET_KEYS_FIELDS if not isinstance(keys.get(name), str)]
+        if missing:
+            raise ValueError("has no string " + ", ".join(missing))
+        return value
+
+    @model_validator(mode="after")
+    def _check_event_log(self) -> Settings:
+        if self.kafka_bootstrap_servers is None:
+            return self
+        if self.kafka_topic is None:
+            raise ValueError("KAFKA_BOOTSTRAP_SERVERS is set: set KAFKA_TOPIC too")
+        if self.kafka_flush_seconds >= self.timeout:
+            raise ValueError(
+                "KAFKA_FLUSH_SECONDS must be below TIMEOUT: the master kills a worker that is"
+                " silent for TIMEOUT seconds, flushing or not"
+            )
+        return self
+
+    @property
+    def kafka_secret_keys(self) -> dict[str, str]:
+        """Return SECRET_KEYS as a dict (empty when unset): checked at start-up."""
+        if self.secret_keys is None:
+            return {}
+        keys: dict[str, str] = json.loads(self.secret_keys.get_secret_value())
+        return keys
 
     @model_validator(mode="after")
     def _require_one_model_source(self) -> Settings:

@@ -1,4 +1,7 @@
-"""`make run`: the real service against a local emulator holding the example model and features."""
+"""`make run`: the real service against a local emulator holding the example model and features.
+
+With KAFKA=1 (`make run KAFKA=1`), tansu too, on 127.0.0.1:9092: every user's events go there.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import subprocess
 import sys
 
 from examples import model
+from examples.local_kafka import create_topic, start_tansu
 from examples.local_stack import (
     aws_client,
     create_features_table,
@@ -21,6 +25,8 @@ from examples.local_stack import (
 )
 
 TABLE = "features"
+KAFKA_PORT = 9092
+TOPIC = "inference-events"
 STREAMS = [f"https://streams.example.com/live/{n}" for n in range(1, 101)]
 
 
@@ -56,6 +62,7 @@ def seed(port: int) -> str:
 def main() -> int:
     port = int(os.environ.get("EMULATOR_PORT") or free_port())
     emulator = start_emulator(port)
+    broker = start_tansu(KAFKA_PORT) if os.environ.get("KAFKA") == "1" else None
     try:
         model_path = seed(port)
         service_port = os.environ.get("PORT", "8000")
@@ -78,6 +85,11 @@ def main() -> int:
             "HOST": os.environ.get("HOST", "127.0.0.1"),
             "PORT": service_port,
         }
+        if broker is not None:
+            bootstrap = f"127.0.0.1:{KAFKA_PORT}"
+            create_topic(bootstrap, TOPIC)
+            env.update(KAFKA_BOOTSTRAP_SERVERS=bootstrap, KAFKA_TOPIC=TOPIC, KAFKA_FRACTION="1")
+            print(f"Kafka (tansu) on {bootstrap}, topic {TOPIC}: see README, Inference event log.")
         service = subprocess.Popen(["gunicorn", "-c", "gunicorn.conf.py"], env=env)
         # Stopping `make run` (Ctrl-C, or SIGTERM from a supervisor) stops gunicorn gracefully
         # and then the emulator: nothing is left running.
@@ -90,6 +102,9 @@ def main() -> int:
     finally:
         emulator.terminate()
         emulator.wait()
+        if broker is not None:
+            broker.terminate()
+            broker.wait()
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from config import Settings
 from scorer import __version__
 from scorer.codec import encode
 from scorer.errors import ModelNotLoaded, register_error_handlers
+from scorer.eventlog import ProducerFactory, build_event_log
 from scorer.fastpath import UNMATCHED, ScoreEndpoint
 from scorer.metrics import Metrics
 from scorer.model import Model
@@ -28,6 +29,7 @@ def create_app(
     *,
     metrics: Metrics | None = None,
     fetcher_factory: FetcherFactory | None = None,
+    producer_factory: ProducerFactory | None = None,
 ) -> Flask:
     """Build the app; per-worker resources are created later, by `init_worker` after fork."""
     if fetcher_factory is None:
@@ -108,8 +110,10 @@ def create_app(
     routes = frozenset(rule.rule for rule in app.url_map.iter_rules())
     shedder = build_shedder(settings)
     app.extensions["scorer.shedder"] = shedder  # the worker refuses on arrival by it too
+    events = build_event_log(settings, metrics, producer_factory)  # producer: after fork
+    app.extensions["scorer.events"] = events
     app.wsgi_app = ScoreEndpoint(  # type: ignore[method-assign]
-        app.wsgi_app, scorer, metrics, settings.max_body_bytes, watchdog, routes, shedder
+        app.wsgi_app, scorer, metrics, settings.max_body_bytes, watchdog, routes, shedder, events
     )
     return app
 

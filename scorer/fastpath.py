@@ -25,6 +25,7 @@ from scorer.errors import (
     ScorerError,
     detail_json,
 )
+from scorer.eventlog import EventLog
 from scorer.metrics import Metrics
 from scorer.payload import parse_score_request
 from scorer.record import RECORD_KEY, ScoreRecord
@@ -129,8 +130,10 @@ class ScoreEndpoint:
         watchdog: Watchdog,
         routes: frozenset[str],
         shedder: Shedder | None = None,
+        events: EventLog | None = None,
     ) -> None:
         self._app = app
+        self._events = events  # None: no inference event log (KAFKA_BOOTSTRAP_SERVERS unset)
         self._shedder = shedder  # None: every request is scored, however late
         self._watchdog = watchdog
         self._routes = routes  # the wrapped app's paths, to label a 504 of one of them
@@ -191,6 +194,7 @@ class ScoreEndpoint:
         headers = [("Content-Type", "application/json")]
         answered = False  # by the watchdog, which has counted it then
         refused = False
+        trace = None  # kept for the inference event of a logged user's request
         metrics.inflight.inc()
         try:
             # Refused before the body is read (gunicorn drains it after the answer, so the
@@ -205,8 +209,10 @@ class ScoreEndpoint:
             try:
                 request = parse_score_request(body, self._max_streams)
                 query = query_params(environ.get("QUERY_STRING", ""))
-                record = environ[RECORD_KEY] = ScoreRecord()  # kept for the event log
-                output = self._scorer.score(request, query, record)
+                record = environ[RECORD_KEY] = ScoreRecord()
+                if self._events is not None:
+                    trace = self._events.trace(request, query)
+                output = self._scorer.score(request, query, record, trace=trace)
             finally:
                 answered = self._watchdog.end(token)
             status = 200
@@ -234,6 +240,8 @@ class ScoreEndpoint:
                 metrics.request_duration.observe(elapsed)
             if status == 200 and shedder is not None:
                 shedder.record_service(elapsed)
+            if trace is not None and trace.body is not None and self._events is not None:
+                return self._events.after_sent(output, trace)  # encoded once the body is sent
         return [output]
 
 

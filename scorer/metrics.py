@@ -34,6 +34,11 @@ CACHE_KINDS = ("stream", "user", "global")
 """The feature caches: a stream's features, a user's, and those shared by everyone."""
 SHED_REASONS = ("queue", "queue_limit", "deadline", "disconnected")
 """Why a /score request was refused under overload (scorer/serving/shedding.py)."""
+EVENT_DROP_REASONS = ("queue_full", "delivery", "encode", "error", "unflushed")
+"""Why an inference event never reached Kafka (scorer/eventlog.py)."""
+DELIVERY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+)  # fmt: skip
 
 
 class CacheMetrics(NamedTuple):
@@ -189,6 +194,34 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.events_queued = Counter(
+            "scorer_events_queued",
+            "Inference events handed to a worker's Kafka producer queue.",
+            registry=r,
+        )
+        self.events_delivered = Counter(
+            "scorer_events_delivered", "Inference events the Kafka broker acknowledged.", registry=r
+        )
+        self.events_dropped = Counter(
+            "scorer_events_dropped",
+            "Inference events lost, by reason (queue_full: the bounded queue was full; delivery: "
+            "refused by the broker or timed out; encode; error: refused by the producer; "
+            "unflushed: still queued when the worker exited).",
+            ["reason"],
+            registry=r,
+        )
+        self.event_delivery_duration = Histogram(
+            "scorer_event_delivery_seconds",
+            "Time from queueing an inference event to the broker's acknowledgement.",
+            buckets=DELIVERY_BUCKETS,
+            registry=r,
+        )
+        self.event_queue = Gauge(
+            "scorer_event_queue_messages",
+            "Inference events queued in the Kafka producers of all live workers, not yet acked.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         # Hot-path children resolved once: .labels() costs a lock and a dict lookup each call.
         self.stage = {stage: self.stage_duration.labels(stage) for stage in STAGES}
         self.caches = {kind: CacheMetrics.of(self, kind) for kind in CACHE_KINDS}
@@ -199,6 +232,7 @@ class Metrics:
         self.reloads_succeeded = self.model_reloads.labels("success")
         self.reloads_failed = self.model_reloads.labels("failure")
         self.shed = {reason: self.requests_shed.labels(reason) for reason in SHED_REASONS}
+        self.dropped = {reason: self.events_dropped.labels(reason) for reason in EVENT_DROP_REASONS}
 
     def render(self) -> tuple[bytes, str]:
         """Return the exposition text of all workers, with the derived hit ratio."""

@@ -50,6 +50,8 @@ class Model:
     global_features: tuple[str, ...] = ()
     history: History | None = None
     codecs: Mapping[str, Codec] = field(default_factory=dict)
+    # Names left out of the inference event's user and streams (scorer/events.py), as the seed's.
+    kafka_features_to_ignore: tuple[str, ...] = ()
     sha256: str = ""
     version: str = ""  # S3 VersionId or ETag; for MODEL_PATH, mtime (ns) and size
     loaded_at: float = field(default_factory=time.time)  # Unix time this process unpickled it
@@ -101,6 +103,9 @@ def validate_model(raw: object, name: str, digest: str = "") -> Model:
         ),
         history=history_of(raw.get("history"), user_features, name),
         codecs=codecs,
+        kafka_features_to_ignore=feature_names(
+            raw.get("kafka_features_to_ignore"), name, "'kafka_features_to_ignore'"
+        ),
         sha256=digest,
     )
 

@@ -18,6 +18,7 @@ from config import Settings
 from scorer.codec import encode
 from scorer.enrichment import Enricher, Extras
 from scorer.errors import ModelFailed, ModelNotLoaded, NoModelOutput
+from scorer.events import Trace
 from scorer.logs import ClientText
 from scorer.metrics import Metrics
 from scorer.model import Model
@@ -119,9 +120,15 @@ class Scorer:
         return self._fetcher.fetchers.sizes()
 
     def score(
-        self, request: ScoreRequest, query: Mapping[str, str], record: ScoreRecord | None = None
+        self,
+        request: ScoreRequest,
+        query: Mapping[str, str],
+        record: ScoreRecord | None = None,
+        *,
+        trace: Trace | None = None,
     ) -> bytes:
-        """Return the model's JSON output for one checked request; fill `record` if given."""
+        """Return the model's JSON output for one checked request; fill `record` and `trace`
+        (the inference event's input and output) if given."""
         model = self.model
         if model is None:
             raise ModelNotLoaded("ML Model not loaded")
@@ -138,6 +145,8 @@ class Scorer:
         params = request_params(model, query, extras)
         record.streams_scored = len(request.streams)
         t_features = time.perf_counter()
+        if trace is not None:
+            trace.keep_input(request.user, request.streams)
         try:
             model_input = model.preprocess(request.user, request.streams, request.playlist, params)
             t_preprocess = time.perf_counter()
@@ -160,4 +169,7 @@ class Scorer:
         stage["preprocess"].observe(t_preprocess - t_features)
         stage["predict"].observe(t_predict - t_preprocess)
         stage["serialize"].observe(t_serialize - t_predict)
+        if trace is not None:
+            marks = (started, t_features, t_preprocess, t_predict, t_serialize)
+            trace.keep_output(model, body, record, marks)
         return body

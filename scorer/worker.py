@@ -17,6 +17,7 @@ from flask import Flask
 from config import Settings
 from scorer.cache import FeatureCache
 from scorer.enrichment import GLOBAL_PK, USER_PK_PREFIX, Enricher, Fetchers
+from scorer.eventlog import EventLog
 from scorer.features import FeatureFetcher
 from scorer.metrics import Metrics
 from scorer.model import Model
@@ -95,6 +96,9 @@ def init_worker(
     scorer: Scorer = app.extensions["scorer"]
     sys.setswitchinterval(scorer.settings.switch_interval_ms / 1000)
     scorer.init_worker()
+    events: EventLog | None = app.extensions.get("scorer.events")
+    if events is not None:
+        events.start()
     app.extensions["scorer.watchdog"].start(retire)
     reloader: ModelReloader | None = app.extensions.get("scorer.reloader")
     settings = scorer.settings
@@ -109,3 +113,13 @@ def init_worker(
             master_pid=os.getppid() if master_pid is None else master_pid,
             is_alive=is_alive,
         ).start()
+
+
+def exit_worker(app: Flask) -> None:
+    """Flush the worker's queued inference events; gunicorn's worker_exit hook calls this.
+
+    Every way a worker ends passes here once its requests are done: stop, reload, recycling.
+    """
+    events: EventLog | None = app.extensions.get("scorer.events")
+    if events is not None:
+        events.close()

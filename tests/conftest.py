@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from config import Settings
+from examples.local_kafka import create_topic, start_tansu
 from examples.local_stack import (
     aws_client,
     create_features_table,
@@ -26,6 +29,7 @@ from scorer.model import validate_model
 from tests import fakes
 
 _table_names = (f"features-{n}" for n in itertools.count())
+_topic_names = (f"events-{n}" for n in itertools.count())
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +47,43 @@ def emulator() -> Iterator[int]:
         os.environ.update(saved)
         process.terminate()
         process.wait(timeout=10)
+
+
+@dataclass
+class Broker:
+    """A tansu broker on 127.0.0.1, its process (to pause) and bootstrap address."""
+
+    process: Any
+    bootstrap: str
+
+    def pause(self) -> None:
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """Run tansu (memory storage) on a free 127.0.0.1 port for the whole session."""
+    port = free_port()
+    with (tmp_path_factory.mktemp("tansu") / "tansu.log").open("wb") as log:
+        process = start_tansu(port, log)
+    broker = Broker(process, f"127.0.0.1:{port}")
+    try:
+        yield broker
+    finally:
+        broker.resume()  # a test that paused it and failed
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def topic(kafka: Broker) -> str:
+    """A fresh topic of two partitions."""
+    name = next(_topic_names)
+    create_topic(kafka.bootstrap, name)
+    return name
 
 
 @pytest.fixture

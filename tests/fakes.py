@@ -219,3 +219,35 @@ BAD_KEYS: dict[str, tuple[dict[str, Any], str]] = {
 def bad_keys_model(case: str) -> dict[str, Any]:
     """Return the echo model with the keys of a BAD_KEYS case."""
     return echo_model(**BAD_KEYS[case][0])
+
+
+class FakeProducer:
+    """confluent-kafka's Producer as the event log uses it, in memory; `refuse` makes it raise."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.produced: list[tuple[str, bytes, bytes]] = []
+        self.refuse: BaseException | None = None
+        self.left_after_flush = 0  # what flush() reports as still queued
+        self.flushed_with: float | None = None
+
+    def produce(self, topic: str, value: bytes, key: bytes) -> None:
+        if self.refuse is not None:
+            raise self.refuse
+        self.produced.append((topic, key, value))
+
+    def poll(self, timeout: float) -> int:
+        time.sleep(min(timeout, 0.01))
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        self.flushed_with = timeout
+        return self.left_after_flush
+
+    def __len__(self) -> int:
+        return len(self.produced)
+
+
+def echo_pid_predict(model_input: dict[str, Any], params: Any) -> dict[str, Any]:
+    """Echo, and say which worker answered."""
+    return {**echo_predict(model_input, params), "pid": os.getpid()}

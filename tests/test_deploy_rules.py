@@ -22,7 +22,7 @@ from tests.deploykit import (
     run,
 )
 
-CONCERNS = ["Traffic", "Latency", "Features", "Store (DynamoDB)", "Model"]
+CONCERNS = ["Traffic", "Latency", "Features", "Store (DynamoDB)", "Model", "Event log (Kafka)"]
 SEVERITIES = {"critical", "warning"}
 
 
