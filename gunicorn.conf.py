@@ -87,7 +87,7 @@ def post_fork(server: Any, worker: Any) -> None:
     app = worker.app.wsgi()
     if hasattr(worker, "admit_with"):  # ScorerWorker; not a worker class given with -k
         worker.admit_with(app.extensions.get("scorer.shedder"), app.extensions["scorer"].metrics)
-    # ScorerWorker.retire; a worker class given with -k has none (see scorer/watchdog.py).
+    # ScorerWorker.retire; a worker class given with -k has none (see scorer/serving/watchdog.py).
     init_worker(
         app,
         getattr(worker, "retire", None),
@@ -113,7 +113,7 @@ def on_reload(server: Any) -> None:
     if not server.cfg.preload_app:
         return  # each new worker imports wsgi.py, and so loads the model, itself
     try:
-        from scorer.reload import reload_model
+        from scorer.models.reload import reload_model
 
         reload_model(server.app.wsgi())
     except BaseException as exc:  # anything escaping a hook stops the master: keep serving

@@ -9,11 +9,11 @@ from __future__ import annotations
 import sys
 
 from config import SettingsError, load_settings
-from scorer import create_app
+from scorer.app import create_app
+from scorer.features.store import StoreConfigError, check_region
 from scorer.logs import configure_logging
-from scorer.model import ModelError, load_model
-from scorer.reload import ModelReloader
-from scorer.store import StoreConfigError, check_region
+from scorer.models.model import ModelError, load_model
+from scorer.models.reload import ModelReloader
 
 APP_LOAD_ERROR = 4
 """gunicorn's own exit status for an app that cannot be loaded."""
@@ -30,7 +30,7 @@ except (SettingsError, ModelError, StoreConfigError) as exc:
     raise SystemExit(APP_LOAD_ERROR) from None
 
 app = create_app(settings, model)
-# SIGHUP (by hand, or from the poll) swaps the model in this process: see scorer/reload.py.
+# SIGHUP (by hand, or from the poll) swaps the model in this process: see scorer/models/reload.py.
 # Only the app's Scorer may hold the model, or a reload could not free the old one.
 del model
 app.extensions["scorer.reloader"] = ModelReloader(app.extensions["scorer"])

@@ -40,7 +40,7 @@ class AbsentStore:
         self._ttl = absent_ttl
 
     def fetch_chunk(self, keys: Sequence[tuple[str, str]], deadline: float) -> dict[Any, Any]:
-        from scorer.cache import ABSENT, Entry
+        from scorer.features.cache import ABSENT, Entry
 
         return {key: Entry(ABSENT, self._ttl) for key in keys}
 

@@ -28,11 +28,11 @@ import orjson
 
 from config import Settings
 from examples import model as example
-from scorer import create_app
-from scorer.cache import Entry
+from scorer.app import create_app
 from scorer.codec import encode
+from scorer.features.cache import Entry
 from scorer.logs import FORMAT, ClientText, RecordFormatter
-from scorer.model import build_model
+from scorer.models.model import build_model
 from scorer.payload import parse_score_request
 
 STREAMS = 30

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from report import fmt, goal, table
+from tables import fmt, goal, table
 
 
 def latency_goals(sc: dict[str, Any]) -> list[list[Any]]:

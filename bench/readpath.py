@@ -31,7 +31,7 @@ import orjson
 from gunicorn.config import Config
 from gunicorn.http.parser import RequestParser
 
-from scorer.fastpath import read_body
+from scorer.http.fastpath import read_body
 from scorer.serving.deadlines import DeadlineSocket
 
 REQUESTS = 20_000

@@ -79,7 +79,7 @@ def reloading_spec(bench: Bench, model_path: str, workers: int) -> ServerSpec:
 
 def serving_workers(master: int) -> set[int]:
     """Return the master's workers, not the check subprocess of a reload."""
-    return {p for p in worker_pids(master) if "scorer.staging" not in cmdline(p)}
+    return {p for p in worker_pids(master) if "scorer.models.staging" not in cmdline(p)}
 
 
 def health_version(base: str) -> str | None:

@@ -10,24 +10,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import overload
+from latency_report import latency_goals, latency_lines
+from tables import fmt, goal, table
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def fmt(value: Any) -> str:
-    """Render a cell: numbers rounded, None as n/a."""
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
-    return str(value)
-
-
-def table(headers: list[str], rows: list[list[Any]]) -> list[str]:
-    """Render a Markdown table."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
-    return [*lines, ""]
 
 
 def compare_section(result: dict[str, Any]) -> list[str]:
@@ -98,19 +84,6 @@ def compare_section(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def goal(name: str, value: float | None, limit: float, higher_is_better: bool) -> list[Any]:
-    """One row of the goals table."""
-    if value is None:
-        return [name, "n/a", limit, "not measured"]
-    met = value >= limit if higher_is_better else value <= limit
-    return [
-        name,
-        value,
-        ("≥ " if higher_is_better else "≤ ") + str(limit),
-        "met" if met else "NOT met",
-    ]
-
-
 def completed(results: dict[str, Any]) -> dict[str, Any]:
     """Return the scenarios that ran to the end (crashed ones carry only an error)."""
     return {k: v for k, v in results["scenarios"].items() if not v.get("error")}
@@ -174,8 +147,6 @@ def goals(results: dict[str, Any]) -> list[list[Any]]:
                 False,
             )
         )
-    from latency_report import latency_goals  # it renders with this module's helpers
-
     return rows + latency_goals(sc)
 
 
@@ -282,7 +253,7 @@ def hotpath_lines(results: dict[str, Any]) -> list[str]:
             " in its pure-Python HTTP parser, the hand-offs between the poller thread and the"
             " pool (a pipe write per request) and two sends per response. Flask's own"
             " per-request machinery is not in it: `POST /score` is plain WSGI in front of Flask"
-            " (`scorer/fastpath.py`).",
+            " (`scorer/http/fastpath.py`).",
             "",
         ]
     return lines
@@ -582,8 +553,6 @@ def write_markdown(results: dict[str, Any], path: Path, chart: Path) -> None:
         "",
     ]
     lines += scenario_sections(results)
-    from latency_report import latency_lines
-
     lines += latency_lines(completed(results))
     if "reload" in completed(results):
         lines += reload_lines(completed(results)["reload"])

@@ -136,7 +136,7 @@ class Settings(BaseSettings):
     max_streams: int = Field(default=1000, alias="MAX_STREAMS", ge=1)
     """Most streams in one request; more get 413."""
 
-    # --- inference event log (scorer/events.py, scorer/eventlog.py) ----------------------
+    # --- inference event log (scorer/eventlog/) ---------------------------------------
     kafka_bootstrap_servers: str | None = Field(default=None, alias="KAFKA_BOOTSTRAP_SERVERS")
     """Kafka brokers (`host:port,...`) to publish one event per logged request to; unset: off."""
     kafka_topic: str | None = Field(default=None, alias="KAFKA_TOPIC", pattern=r"^[A-Za-z0-9._-]+$")

@@ -11,14 +11,14 @@ from config import Settings
 from scorer import __version__
 from scorer.codec import encode
 from scorer.errors import ModelNotLoaded, register_error_handlers
-from scorer.eventlog import ProducerFactory, build_event_log
-from scorer.fastpath import UNMATCHED, ScoreEndpoint
+from scorer.eventlog.producer import ProducerFactory, build_event_log
+from scorer.http.fastpath import UNMATCHED, ScoreEndpoint
+from scorer.http.openapi import build_spec
 from scorer.metrics import Metrics
-from scorer.model import Model
-from scorer.openapi import build_spec
+from scorer.models.model import Model
 from scorer.scoring import FetcherFactory, Scorer
 from scorer.serving.shedding import Shedder
-from scorer.watchdog import Watchdog
+from scorer.serving.watchdog import Watchdog
 
 JSON = "application/json"
 
@@ -33,7 +33,7 @@ def create_app(
 ) -> Flask:
     """Build the app; per-worker resources are created later, by `init_worker` after fork."""
     if fetcher_factory is None:
-        from scorer.store import load_botocore_data
+        from scorer.features.store import load_botocore_data
         from scorer.worker import build_enricher
 
         # Parsed here, in the master, only for a model that will read features.
@@ -104,7 +104,7 @@ def create_app(
     def _model_name() -> str | None:
         return scorer.model.name if scorer.model is not None else settings.model_name
 
-    # /score, every method of it, bypasses Flask's per-request machinery (scorer/fastpath.py).
+    # /score, every method of it, bypasses Flask's per-request machinery (scorer/http/fastpath.py).
     watchdog = Watchdog(settings.timeout, metrics)
     app.extensions["scorer.watchdog"] = watchdog
     routes = frozenset(rule.rule for rule in app.url_map.iter_rules())

@@ -35,7 +35,7 @@ CACHE_KINDS = ("stream", "user", "global")
 SHED_REASONS = ("queue", "queue_limit", "deadline", "disconnected")
 """Why a /score request was refused under overload (scorer/serving/shedding.py)."""
 EVENT_DROP_REASONS = ("queue_full", "delivery", "encode", "error", "unflushed")
-"""Why an inference event never reached Kafka (scorer/eventlog.py)."""
+"""Why an inference event never reached Kafka (scorer/eventlog/producer.py)."""
 DELIVERY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 )  # fmt: skip

@@ -16,12 +16,12 @@ from typing import Any
 
 from config import Settings
 from scorer.codec import encode
-from scorer.enrichment import Enricher, Extras
 from scorer.errors import ModelFailed, ModelNotLoaded, NoModelOutput
-from scorer.events import Trace
+from scorer.eventlog.event import Trace
+from scorer.features.enrichment import Enricher, Extras
 from scorer.logs import ClientText
 from scorer.metrics import Metrics
-from scorer.model import Model
+from scorer.models.model import Model
 from scorer.payload import ScoreRequest
 from scorer.record import ScoreRecord
 

@@ -15,18 +15,18 @@ from typing import Any
 from flask import Flask
 
 from config import Settings
-from scorer.cache import FeatureCache
-from scorer.enrichment import GLOBAL_PK, USER_PK_PREFIX, Enricher, Fetchers
-from scorer.eventlog import EventLog
-from scorer.features import FeatureFetcher
+from scorer.eventlog.producer import EventLog
+from scorer.features.cache import FeatureCache
+from scorer.features.enrichment import GLOBAL_PK, USER_PK_PREFIX, Enricher, Fetchers
+from scorer.features.fetcher import FeatureFetcher
+from scorer.features.store import FeatureStore, make_client
 from scorer.metrics import Metrics
-from scorer.model import Model
-from scorer.poller import ModelPoller
-from scorer.reload import ModelReloader
+from scorer.models.model import Model
+from scorer.models.poller import ModelPoller
+from scorer.models.reload import ModelReloader
+from scorer.models.source import source_for
 from scorer.scoring import Scorer
-from scorer.source import source_for
-from scorer.store import FeatureStore, make_client
-from scorer.watchdog import Retire
+from scorer.serving.watchdog import Retire
 
 
 def byte_budgets(total: int, model: Model | None) -> dict[str, int]:

@@ -23,9 +23,9 @@ from examples.local_stack import (
     put_features,
     start_emulator,
 )
-from scorer import create_app
+from scorer.app import create_app
 from scorer.metrics import Metrics
-from scorer.model import validate_model
+from scorer.models.model import validate_model
 from tests import fakes
 
 _table_names = (f"features-{n}" for n in itertools.count())

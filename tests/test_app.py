@@ -11,9 +11,9 @@ import pytest
 from flask.testing import FlaskClient
 
 from examples.local_stack import put_features
-from scorer import create_app
-from scorer.fastpath import SCORE_PATH
-from scorer.model import validate_model
+from scorer.app import create_app
+from scorer.http.fastpath import SCORE_PATH
+from scorer.models.model import validate_model
 from tests import fakes
 from tests.conftest import make_settings, seed_features
 
@@ -263,5 +263,5 @@ def test_openapi_document_describes_every_route(client: FlaskClient) -> None:
         for r in client.application.url_map.iter_rules()
         if r.rule != "/static/<path:filename>"
     }
-    routes.add(SCORE_PATH)  # answered in front of Flask, by scorer/fastpath.py
+    routes.add(SCORE_PATH)  # answered in front of Flask, by scorer/http/fastpath.py
     assert routes - {"/openapi.json"} == set(spec["paths"])

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from scorer.cache import ABSENT, Entry, FeatureCache
+from scorer.features.cache import ABSENT, Entry, FeatureCache
 
 
 class Clock:

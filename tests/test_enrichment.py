@@ -14,11 +14,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from examples.local_stack import put_features
-from scorer import create_app
+from scorer.app import create_app
+from scorer.features.store import FeatureStore
 from scorer.metrics import Metrics
-from scorer.model import validate_model
+from scorer.models.model import validate_model
 from scorer.record import RECORD_KEY
-from scorer.store import FeatureStore
 from tests import fakes
 from tests.conftest import make_settings, sample, seed_features
 

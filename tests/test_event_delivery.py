@@ -19,7 +19,7 @@ import pytest
 
 from examples.local_kafka import create_topic, read_events, start_tansu
 from examples.local_stack import free_port
-from scorer.events import is_logged
+from scorer.eventlog.event import is_logged
 from tests import fakes
 from tests.conftest import Broker, counter_total, sample_value
 from tests.servers import Server, gunicorn_env, start_service, stop_service, wait_until, worker_pids

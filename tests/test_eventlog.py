@@ -12,10 +12,10 @@ from confluent_kafka import KafkaError, KafkaException
 from flask import Flask
 
 from config import SettingsError, load_settings
-from scorer import create_app
-from scorer.eventlog import EventLog, producer_config
+from scorer.app import create_app
+from scorer.eventlog.producer import EventLog, producer_config
 from scorer.metrics import Metrics
-from scorer.model import validate_model
+from scorer.models.model import validate_model
 from tests import fakes
 from tests.conftest import make_settings, sample
 

@@ -11,9 +11,10 @@ import orjson
 import pytest
 
 from config import Settings
-from scorer import __version__, create_app
-from scorer.events import Trace, build_event, encode_event, is_logged
-from scorer.model import ModelError, validate_model
+from scorer import __version__
+from scorer.app import create_app
+from scorer.eventlog.event import Trace, build_event, encode_event, is_logged
+from scorer.models.model import ModelError, validate_model
 from scorer.payload import ScoreRequest
 from tests import fakes
 from tests.conftest import make_settings

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from scorer.feature_codecs import (
+from scorer.features.codecs import (
     BUILT_IN,
     CodecError,
     Versioned,

@@ -10,10 +10,10 @@ import pytest
 
 from config import Settings
 from examples.local_stack import put_features
-from scorer.cache import FeatureCache
-from scorer.features import FeatureFetcher
+from scorer.features.cache import FeatureCache
+from scorer.features.fetcher import FeatureFetcher
+from scorer.features.store import FeatureStore, make_client
 from scorer.metrics import Metrics
-from scorer.store import FeatureStore, make_client
 from tests.conftest import make_settings, sample, seed_features
 
 NAMES = ["f1", "f2", "f3"]

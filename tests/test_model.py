@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from examples.local_stack import aws_client, upload_model
-from scorer.model import ModelError, build_model, load_model
+from scorer.models.model import ModelError, build_model, load_model
 from tests import fakes
 from tests.conftest import make_settings
 

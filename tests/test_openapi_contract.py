@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import (
 
 from examples.local_stack import aws_client, create_features_table, free_port
 from scorer import __version__
-from scorer.openapi import build_spec
+from scorer.http.openapi import build_spec
 from tests.servers import Server, gunicorn_env, start_service, stop_service
 
 TABLE = "contract-features"

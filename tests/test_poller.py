@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 
 from scorer.metrics import Metrics
-from scorer.poller import ModelPoller
-from scorer.reload import ReloadState, write_state
-from scorer.source import SourceError, Version
+from scorer.models.poller import ModelPoller
+from scorer.models.reload import ReloadState, write_state
+from scorer.models.source import SourceError, Version
 from tests.conftest import sample
 
 

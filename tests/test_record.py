@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from scorer.fastpath import timing_header
+from scorer.http.fastpath import timing_header
 from scorer.record import ScoreRecord
 
 

@@ -32,10 +32,10 @@ import cloudpickle
 import pytest
 
 from examples.local_stack import aws_client, free_port
-from scorer import create_app
+from scorer.app import create_app
 from scorer.metrics import Metrics
-from scorer.model import load_model
-from scorer.reload import ModelReloader, ReloadState, read_state
+from scorer.models.model import load_model
+from scorer.models.reload import ModelReloader, ReloadState, read_state
 from tests import fakes
 from tests.conftest import make_settings, sample, sample_value
 from tests.servers import (

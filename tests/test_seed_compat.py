@@ -14,8 +14,8 @@ import pytest
 from flask.testing import FlaskClient
 
 from examples.local_stack import put_features
-from scorer import create_app
-from scorer.model import build_model, validate_model
+from scorer.app import create_app
+from scorer.models.model import build_model, validate_model
 from tests.conftest import make_settings
 
 SEED_PICKLE = Path(__file__).parent / "fixtures" / "seed_model_cloudpickle_2_2_1.pkl"

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from scorer import create_app
+from scorer.app import create_app
 from scorer.errors import Overloaded
 from scorer.metrics import SHED_REASONS, Metrics
-from scorer.model import validate_model
+from scorer.models.model import validate_model
 from scorer.serving.line import ADMITTED, QUEUE_DELAY, QUEUED_AT
 from scorer.serving.shedding import Codel, Shedder, client_gone, parse_request_start, parse_timeout
 from tests import fakes

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from examples.local_stack import aws_client
-from scorer.source import FileSource, S3Source, SourceError, Version, VersionGone
+from scorer.models.source import FileSource, S3Source, SourceError, Version, VersionGone
 
 
 def test_versioned_bucket_reports_the_version_id_and_serves_the_version_seen(

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from examples.local_stack import aws_client, upload_model
-from scorer.source import Version, VersionGone
-from scorer.staging import stage_model
+from scorer.models.source import Version, VersionGone
+from scorer.models.staging import stage_model
 from tests import fakes
 from tests.conftest import make_settings
 from tests.servers import ROOT
@@ -99,7 +99,7 @@ def test_an_overwrite_between_head_and_download_is_fetched_again(tmp_path: Path)
             return data, pinned
 
     source = Overwritten()
-    pytest.MonkeyPatch().setattr("scorer.staging.source_for", lambda settings: source)
+    pytest.MonkeyPatch().setattr("scorer.models.staging.source_for", lambda settings: source)
     try:
         outcome = stage_model(make_settings(), tmp_path / "a.pkl", None)
     finally:
@@ -120,7 +120,7 @@ def test_command_reads_the_masters_settings_and_keeps_model_prints_off_its_answe
     out = tmp_path / "staged.pkl"
 
     done = subprocess.run(
-        [sys.executable, "-m", "scorer.staging", "--out", str(out), "--settings-on-stdin"],
+        [sys.executable, "-m", "scorer.models.staging", "--out", str(out), "--settings-on-stdin"],
         input=settings.model_dump_json(by_alias=True, round_trip=True),
         capture_output=True,
         text=True,

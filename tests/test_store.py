@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ParamValidationError
 
-from scorer.cache import ABSENT
+from scorer.features.cache import ABSENT
+from scorer.features.store import FeatureStore, deserialize, is_valid_key, make_client
 from scorer.metrics import Metrics
-from scorer.store import FeatureStore, deserialize, is_valid_key, make_client
 from tests.conftest import make_settings, sample
 
 

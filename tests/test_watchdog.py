@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 
 from scorer.metrics import Metrics
-from scorer.watchdog import Watchdog
+from scorer.serving.watchdog import Watchdog
 from tests.conftest import sample
 
 

@@ -3,7 +3,7 @@
 A socket timeout bounds one read: a client sending a byte just inside it, again and again, holds
 a worker thread for as long as it likes. Here each phase gets a deadline instead, and every read
 in it waits at most for the time left. The worker arms the head's deadline before gunicorn
-parses a request and ends it when the head is in; `scorer.fastpath` sets the body's.
+parses a request and ends it when the head is in; `scorer.http.fastpath` sets the body's.
 A connection gunicorn wraps in TLS leaves this socket behind: its reads keep a per-read bound
 at most (the service expects TLS to end in front of it).
 """

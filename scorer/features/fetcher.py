@@ -15,9 +15,9 @@ from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from scorer.cache import ABSENT, Copier, Entry, FeatureCache, FeatureKey, Fresh, copier
+from scorer.features.cache import ABSENT, Copier, Entry, FeatureCache, FeatureKey, Fresh, copier
+from scorer.features.store import MAX_BATCH_KEYS, FeatureStore, is_valid_key
 from scorer.metrics import Metrics
-from scorer.store import MAX_BATCH_KEYS, FeatureStore, is_valid_key
 
 logger = logging.getLogger(__name__)
 

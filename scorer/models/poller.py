@@ -19,8 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from scorer.metrics import Metrics
-from scorer.reload import POLL_LOCK, read_state
-from scorer.source import ModelSource
+from scorer.models.reload import POLL_LOCK, read_state
+from scorer.models.source import ModelSource
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,9 @@
-"""Download and check a new model version in a process of its own: `python -m scorer.staging`.
+"""Download and check a new model version in a process of its own.
 
-The master runs this before it swaps models (scorer/reload.py). Everything that can hang, crash
-or leave a lock held happens here rather than in the master: the S3 calls, and unpickling and
+`python -m scorer.models.staging` runs it.
+
+The master runs this before it swaps models (scorer/models/reload.py). Everything that can hang,
+crash or leave a lock held happens here rather than in the master: the S3 calls, and unpickling and
 running the team's code (a missing module, a predict that raises). What passes every check is
 written to `--out`, byte for byte; one JSON line on stdout says what was seen and decided.
 """
@@ -22,11 +24,11 @@ import orjson
 from config import Settings, load_settings
 from scorer.codec import encode
 from scorer.errors import ScorerError
-from scorer.model import Model, ModelError, build_model
+from scorer.features.store import StoreConfigError, check_region
+from scorer.models.model import Model, ModelError, build_model
+from scorer.models.source import SourceError, Version, VersionGone, source_for
 from scorer.payload import parse_score_request
 from scorer.scoring import is_empty, request_params
-from scorer.source import SourceError, Version, VersionGone, source_for
-from scorer.store import StoreConfigError, check_region
 
 PIN_ATTEMPTS = 3
 """HEAD then a pinned GET, again if the object was overwritten in between."""
@@ -112,7 +114,7 @@ def refusal(seen: Version | None, cause: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Stage the configured model; print JSON lines, the outcome last."""
-    parser = argparse.ArgumentParser(prog="python -m scorer.staging", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m scorer.models.staging", description=__doc__)
     parser.add_argument("--out", type=Path, required=True, help="where a verified file goes")
     parser.add_argument("--current", help="the version served now: nothing to do if unchanged")
     parser.add_argument(

@@ -1,8 +1,9 @@
 """The inference event: which users are logged, and the JSON record of one answered request.
 
 The fields are the seed's (haystack-ml-stack 0.4), so a team's training jobs read ours as they
-read its events. The record is encoded after the answer is sent (scorer/eventlog.py), from what
-the scoring path kept in a `Trace`; the answer goes in as the very bytes the client received.
+read its events. The record is encoded after the answer is sent (scorer/eventlog/producer.py),
+from what the scoring path kept in a `Trace`; the answer goes in as the very bytes the client
+received.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import orjson
 from scorer import __version__
 from scorer.codec import encode
 from scorer.metrics import STAGES
-from scorer.model import Model
+from scorer.models.model import Model
 from scorer.record import ScoreRecord
 
 MODEL_TYPE = "streams"

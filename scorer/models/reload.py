@@ -3,8 +3,9 @@
 With `preload_app`, SIGHUP re-reads gunicorn.conf.py and replaces the workers but never re-imports
 wsgi.py: the master keeps the model it preloaded, so the swap happens here, in its `on_reload`
 hook, before the new workers are forked (the old ones finish their requests). Downloading and
-every check that runs the team's code happen in a short-lived subprocess (`scorer.staging`): no
-thread and no network call in the master, whose forks must not inherit a lock held mid-call.
+every check that runs the team's code happen in a short-lived subprocess
+(`scorer.models.staging`): no thread and no network call in the master, whose forks must not
+inherit a lock held mid-call.
 Nothing raised here may escape: an exception out of a hook stops the whole server.
 """
 
@@ -25,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from scorer.model import Model, build_model
+from scorer.models.model import Model, build_model
 from scorer.scoring import Scorer
 
 logger = logging.getLogger(__name__)
@@ -118,12 +119,12 @@ class ModelReloader:
         return True
 
     def _stage(self, current_version: str) -> dict[str, Any]:
-        """Run `scorer.staging` and return its answer; raise Refused if it gave none."""
+        """Run `scorer.models.staging` and return its answer; raise Refused if it gave none."""
         timeout = self.settings.model_reload_timeout_seconds
         command = [
             sys.executable,
             "-m",
-            "scorer.staging",
+            "scorer.models.staging",
             "--out",
             str(self.run_dir / STAGED_FILE),
             "--current",

@@ -24,8 +24,8 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from config import Settings
-from scorer.cache import ABSENT, Entry, FeatureKey
-from scorer.feature_codecs import Versioned
+from scorer.features.cache import ABSENT, Entry, FeatureKey
+from scorer.features.codecs import Versioned
 from scorer.metrics import Metrics
 
 logger = logging.getLogger(__name__)

@@ -19,8 +19,8 @@ from typing import Any
 import cloudpickle
 
 from config import Settings
-from scorer.feature_codecs import Codec, CodecError, resolve_codecs
-from scorer.source import SourceError, source_for
+from scorer.features.codecs import Codec, CodecError, resolve_codecs
+from scorer.models.source import SourceError, source_for
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class Model:
     global_features: tuple[str, ...] = ()
     history: History | None = None
     codecs: Mapping[str, Codec] = field(default_factory=dict)
-    # Names left out of the inference event's user and streams (scorer/events.py), as the seed's.
+    # Names left out of the inference event's user and streams (scorer/eventlog/), as the seed's.
     kafka_features_to_ignore: tuple[str, ...] = ()
     sha256: str = ""
     version: str = ""  # S3 VersionId or ETag; for MODEL_PATH, mtime (ns) and size

@@ -14,14 +14,16 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from scorer.feature_codecs import Codec, decode_into
-from scorer.features import FeatureFetcher, Pending, apply_features, count_degraded
+from scorer.features.codecs import Codec, decode_into
+from scorer.features.fetcher import FeatureFetcher, Pending, apply_features, count_degraded
 from scorer.metrics import Metrics
-from scorer.model import Model
 from scorer.payload import ScoreRequest
 from scorer.record import ScoreRecord
+
+if TYPE_CHECKING:  # a model's keys are read here; the models package imports this one's codecs
+    from scorer.models.model import Model
 
 USER_PK_PREFIX = "USER#"
 """User features are items `pk = USER#<userid>`, `sk = name` (haystack-ml-stack 0.4)."""

@@ -25,7 +25,7 @@ from scorer.errors import (
     ScorerError,
     detail_json,
 )
-from scorer.eventlog import EventLog
+from scorer.eventlog.producer import EventLog
 from scorer.metrics import Metrics
 from scorer.payload import parse_score_request
 from scorer.record import RECORD_KEY, ScoreRecord
@@ -34,7 +34,7 @@ from scorer.serving.admission import SCORE_PATH
 from scorer.serving.deadlines import DeadlineExpired, DeadlineSocket
 from scorer.serving.line import QUEUE_DELAY, server_timing
 from scorer.serving.shedding import Shedder
-from scorer.watchdog import Watchdog
+from scorer.serving.watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
 

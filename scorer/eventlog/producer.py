@@ -19,7 +19,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 
 from config import Settings
-from scorer.events import Trace, encode_event, is_logged
+from scorer.eventlog.event import Trace, encode_event, is_logged
 from scorer.metrics import Metrics
 from scorer.payload import ScoreRequest
 
