@@ -48,7 +48,7 @@ test-gunicorn-lowest: $(STAMP)
 			tests/test_admission.py tests/test_overload.py tests/test_balancing.py; \
 	fi
 
-## bench: this service, the seed service and a floor app side by side; writes BENCHMARKS.md
+## bench: this service, the seed service and a floor app side by side; writes docs/benchmarks.md
 bench: $(VENV)/.bench
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/run.py
 

@@ -1,4 +1,4 @@
-"""BENCHMARKS.md sections and goal rows for S7 (heavy beside ordinary) and S8 (fixed load)."""
+"""docs/benchmarks.md sections and goal rows for S7 (heavy beside ordinary) and S8 (fixed load)."""
 
 from typing import Any
 

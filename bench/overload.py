@@ -410,7 +410,7 @@ def goal_rows(s9: dict[str, Any]) -> list[tuple[str, float | None, float, bool]]
 
 
 def report_lines(s9: dict[str, Any], chart: str) -> list[str]:
-    """Render s9 for BENCHMARKS.md."""
+    """Render s9 for docs/benchmarks.md."""
     lines = [
         "## S9: overload, 0.5x to 4x each server's capacity, open loop",
         "",

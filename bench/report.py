@@ -1,4 +1,4 @@
-"""Write BENCHMARKS.md and bench/chart.png from a results dict."""
+"""Write docs/benchmarks.md and bench/chart.png from a results dict."""
 
 import os
 import statistics
@@ -518,7 +518,7 @@ def reload_lines(reload: dict[str, Any]) -> list[str]:
 
 
 def write_markdown(results: dict[str, Any], path: Path, chart: Path) -> None:
-    """Write BENCHMARKS.md."""
+    """Write docs/benchmarks.md."""
     m = results["machine"]
     lines = [
         "# Benchmarks",
@@ -616,7 +616,8 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    # Re-render BENCHMARKS.md and the chart from a results file: report.py RESULTS.json [OUT.md]
+    # Re-render docs/benchmarks.md and the chart from a results file:
+    # report.py RESULTS.json [OUT.md]
     import json
     import sys
 
@@ -624,7 +625,7 @@ if __name__ == "__main__":
     out = (
         Path(sys.argv[2])
         if len(sys.argv) > 2
-        else Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+        else Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
     )
     chart_path = Path(__file__).resolve().parent / "chart.png"
     write_chart(source, chart_path)

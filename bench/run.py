@@ -66,7 +66,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=4.0, help="wrk warm-up per server, seconds")
     parser.add_argument("--skip-setup", action="store_true", help="do not run bench/setup.sh")
     parser.add_argument(
-        "--report", default=str(REPO / "BENCHMARKS.md"), help="Markdown report path"
+        "--report", default=str(REPO / "docs" / "benchmarks.md"), help="Markdown report path"
     )
     return parser.parse_args()
 

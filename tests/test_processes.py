@@ -214,7 +214,7 @@ class RawClient:
 
 
 def report(case: str, outcomes: list[Outcome], **figures: object) -> None:
-    """Print the figures of one run (`pytest -rP` shows them; RELIABILITY.md quotes them)."""
+    """Print the figures of one run (`pytest -rP` shows them; docs/reliability.md quotes them)."""
     kinds = Counter(o.kind for o in outcomes)
     extra = " ".join(f"{name}={value}" for name, value in figures.items())
     print(f"{case}: sent={len(outcomes)} {dict(sorted(kinds.items()))} {extra}")
@@ -225,7 +225,7 @@ def report(case: str, outcomes: list[Outcome], **figures: object) -> None:
 def service_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
     model = tmp_path / "slow.pkl"
     model.write_bytes(pickle_model())
-    # No emulator: this model reads no features. A region is still needed (see RELIABILITY.md).
+    # No emulator: this model reads no features. A region is still needed (see docs/reliability.md).
     env = gunicorn_env(
         0,
         **EMULATOR_ENV,

@@ -116,7 +116,7 @@ def summary(answers: list[Answer]) -> dict[str, int]:
 
 
 def figures(answers: list[Answer], tag: str, triggered: float) -> str:
-    """Say when the new model first answered and the old one last did (RELIABILITY.md)."""
+    """Say when the new model first answered and the old one last did (docs/reliability.md)."""
     first_new = min(a.started for a in answers if a.model == tag) - triggered
     last_old = max(a.started for a in answers if a.model != tag) - triggered
     return f"{summary(answers)} first new {first_new:.1f} s, last old {last_old:.1f} s"
