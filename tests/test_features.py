@@ -270,4 +270,4 @@ def test_a_pool_that_refuses_work_degrades_without_poisoning_keys(metrics: Metri
     fetcher = make_fetcher(make_settings(FEATURES_TABLE="features"), metrics, pool=RefusingPool())
 
     assert fetcher.enrich(streams_for(["https://a"]), NAMES) is True
-    assert fetcher._inflight == {}  # the next request tries again instead of waiting in vain
+    assert len(fetcher.inflight) == 0  # the next request tries again instead of waiting in vain

@@ -3,6 +3,8 @@
 Concurrent requests that miss the same key share one read (the first registers it as in flight,
 the others wait on it), chunks of one request are read in parallel, and the whole fetch is
 bounded by a per-request budget: a slow or failing store costs features, never the request.
+The steps live beside it: `lookup` (the cache read), `inflight` (shared reads, their results);
+`FeatureFetcher` runs them in order, reads a chunk from the store, and counts.
 """
 
 from __future__ import annotations
@@ -11,23 +13,17 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Executor, Future, wait
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
-from scorer.features.cache import ABSENT, Copier, Entry, FeatureCache, FeatureKey, Fresh, copier
-from scorer.features.store import MAX_BATCH_KEYS, FeatureStore, is_valid_key
+from scorer.features.cache import Entry, FeatureCache, FeatureKey, Fresh
+from scorer.features.inflight import Chunk, Claim, InFlight, Read, Waits, collect
+from scorer.features.lookup import CacheRead, Shared, read_cache
+from scorer.features.store import FeatureStore
 from scorer.metrics import Metrics
 
 logger = logging.getLogger(__name__)
-
-Chunk = list[FeatureKey]
-Read = Future[dict[FeatureKey, Entry]]
-"""One BatchGetItem chunk in flight: its entries, once read."""
-Waits = dict[Read, list[FeatureKey]]
-"""The reads a request waits on, with the keys it wants from each."""
-Shared = dict[str, tuple[tuple[str, Copier], ...]]
-"""By url, the features found whose values are lists or maps, and how to copy each."""
 
 
 def drop_client_values(stream: dict[str, Any], names: Sequence[str]) -> None:
@@ -98,10 +94,9 @@ class FeatureFetcher:
         self._store = store
         self._pool = pool
         self._metrics = metrics
-        self._prefix = stream_pk_prefix
         self._timeout = timeout
         self._clock = clock
-        self._inflight: dict[FeatureKey, Read] = {}
+        self.inflight = InFlight(stream_pk_prefix)
 
     def enrich(self, streams: Sequence[dict[str, Any]], names: Sequence[str]) -> bool:
         """Set every known feature on every stream (duplicates included); True if degraded.
@@ -140,123 +135,29 @@ class FeatureFetcher:
         pending = Pending(deadline)
         # One lock for all three steps: a key found missing is claimed before another thread
         # can find it missing too, so concurrent misses of a key share one read.
+        claim = None
         with self.cache.lock:
-            found, missing, hits, absent_hits = self._read_cache(per_url, names, pending.shared)
-            if missing:
-                owned, fetched, coalesced, invalid = self._join_or_claim(missing, pending.waits)
-                self._start_reads(owned, deadline, pending.waits)
-                pending.misses = fetched + coalesced + invalid
-            else:
-                fetched = coalesced = invalid = 0
-        pending.found = found
-        self._count(hits, absent_hits, fetched, coalesced, invalid)
+            read = read_cache(self.cache, per_url, names, pending.shared)
+            if read.missing:
+                claim = self.inflight.join_or_claim(read.missing, pending.waits)
+                self.inflight.start(
+                    claim.owned,
+                    pending.waits,
+                    lambda chunk, future: self._pool.submit(
+                        self._fetch_chunk, chunk, deadline, future
+                    ),
+                )
+                pending.misses = claim.fetched + claim.coalesced + claim.invalid
+        pending.found = read.found
+        self._count(read, claim)
         return pending
 
     def finish(self, pending: Pending) -> set[str]:
         """Wait for a lookup's reads until its deadline; return why any fell short (if any)."""
         if not pending.waits:
             return set()
-        return self._collect(pending.waits, pending.deadline, pending.found, pending.shared)
-
-    def _read_cache(
-        self, per_url: Mapping[str, int], names: Sequence[str], shared: Shared
-    ) -> tuple[dict[str, dict[str, Any]], list[tuple[FeatureKey, int]], int, int]:
-        """Return the live cached values, the keys missing (with their stream counts), hits.
-
-        The caller holds the cache lock. A key cached as absent is a hit with no value.
-        The list and map values found are added to `shared`.
-        """
-        found: dict[str, dict[str, Any]] = {}
-        missing: list[tuple[FeatureKey, int]] = []
-        hits = absent_hits = 0
-        get = self.cache.get_unlocked
-        now = self.cache.clock()
-        for url, count in per_url.items():
-            cached = get(url)
-            if cached is None:
-                missing.extend([((url, name), count) for name in names])
-                continue
-            values: dict[str, Any] = {}
-            for name in names:
-                entry = cached.get(name)
-                if entry is not None and entry.expires > now:
-                    if entry.value is ABSENT:
-                        absent_hits += count
-                    else:
-                        hits += count
-                        values[name] = entry.value
-                    continue
-                missing.append(((url, name), count))
-            if values:
-                found[url] = values
-                if cached.mutable:
-                    shared[url] = cached.mutable  # expired ones included: enrich skips them
-        return found, missing, hits, absent_hits
-
-    def _join_or_claim(
-        self, missing: list[tuple[FeatureKey, int]], waits: Waits
-    ) -> tuple[Chunk, int, int, int]:
-        """Wait on reads in flight for the keys they cover; claim the rest to read ourselves.
-
-        The caller holds the cache lock. Returns the keys claimed and the lookups fetched,
-        coalesced and invalid (a key DynamoDB would refuse is never sent).
-        """
-        owned: Chunk = []
-        fetched = coalesced = invalid = 0
-        inflight = self._inflight
-        for key, count in missing:
-            if (future := inflight.get(key)) is not None:
-                waits.setdefault(future, []).append(key)
-                coalesced += count
-            elif is_valid_key(key, self._prefix):
-                owned.append(key)
-                fetched += count
-            else:
-                invalid += count
-        return owned, fetched, coalesced, invalid
-
-    def _start_reads(self, owned: Chunk, deadline: float, waits: Waits) -> None:
-        """Register the claimed keys as in flight, in chunks of one BatchGetItem, and read them.
-
-        The caller holds the cache lock. A chunk the pool refuses fails at once, and its keys
-        are released so the next request tries them again instead of waiting in vain.
-        """
-        inflight = self._inflight
-        for start in range(0, len(owned), MAX_BATCH_KEYS):
-            chunk = owned[start : start + MAX_BATCH_KEYS]
-            future: Read = Future()
-            for key in chunk:
-                inflight[key] = future
-            waits[future] = chunk
-            try:
-                self._pool.submit(self._fetch_chunk, chunk, deadline, future)
-            except RuntimeError as exc:  # no thread to be had, or shutting down
-                for key in chunk:
-                    del inflight[key]
-                future.set_exception(exc)
-
-    def _collect(
-        self, waits: Waits, deadline: float, found: dict[str, dict[str, Any]], shared: Shared
-    ) -> set[str]:
-        """Add what the reads found by the deadline to `found`; return why any fell short."""
-        done, not_done = wait(waits, timeout=max(0.0, deadline - self._clock()))
-        reasons: set[str] = set()
-        if not_done:
-            reasons.add("timeout")
-        for future in done:
-            if future.exception() is not None:
-                reasons.add("error")
-                continue
-            entries = future.result()
-            for key in waits[future]:
-                entry = entries.get(key)
-                if entry is None:
-                    reasons.add("unprocessed")
-                elif entry.value is not ABSENT:
-                    found.setdefault(key[0], {})[key[1]] = entry.value
-                    if (copy := copier(entry.value)) is not None:  # the cache holds it too
-                        shared[key[0]] = (*shared.get(key[0], ()), (key[1], copy))
-        return reasons
+        timeout = pending.deadline - self._clock()
+        return collect(pending.waits, timeout, pending.found, pending.shared)
 
     def _fetch_chunk(self, chunk: Chunk, deadline: float, future: Read) -> None:
         entries: dict[FeatureKey, Entry] = {}
@@ -273,9 +174,7 @@ class FeatureFetcher:
         finally:
             with self.cache.lock:
                 self.cache.store_unlocked(fresh)
-                for key in chunk:
-                    if self._inflight.get(key) is future:
-                        del self._inflight[key]
+                self.inflight.release(chunk, future)
                 size, nbytes = self.cache.size_unlocked(), self.cache.bytes_unlocked()
             if error is None:
                 future.set_result(entries)
@@ -284,16 +183,14 @@ class FeatureFetcher:
         self._m.entries.set(size)
         self._m.bytes.set(nbytes)
 
-    def _count(
-        self, hits: int, absent_hits: int, fetched: int, coalesced: int, invalid: int
-    ) -> None:
+    def _count(self, read: CacheRead, claim: Claim | None) -> None:
         m = self._m
         for counter, amount in (
-            (m.hits_value, hits),
-            (m.hits_absent, absent_hits),
-            (m.misses_fetched, fetched),
-            (m.misses_coalesced, coalesced),
-            (m.misses_invalid, invalid),
+            (m.hits_value, read.hits),
+            (m.hits_absent, read.absent_hits),
+            (m.misses_fetched, claim.fetched if claim else 0),
+            (m.misses_coalesced, claim.coalesced if claim else 0),
+            (m.misses_invalid, claim.invalid if claim else 0),
         ):
             if amount:
                 counter.inc(amount)
