@@ -251,3 +251,13 @@ class FakeProducer:
 def echo_pid_predict(model_input: dict[str, Any], params: Any) -> dict[str, Any]:
     """Echo, and say which worker answered."""
     return {**echo_predict(model_input, params), "pid": os.getpid()}
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

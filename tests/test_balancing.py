@@ -14,6 +14,7 @@ import pytest
 from examples.local_stack import free_port
 from scorer.serving.balancing import ACCEPT_DEFER_SECONDS, Balancer
 from tests import fakes
+from tests.fakes import Clock
 from tests.servers import Server, gunicorn_env, start_service, stop_service
 
 THREADS = 3
@@ -90,23 +91,15 @@ def test_each_worker_runs_with_the_configured_switch_interval(server: Server) ->
 # --- the balancer alone --------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 10.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_a_worker_with_half_its_threads_free_takes_a_connection_at_once() -> None:
-    balancer = Balancer(threads=4, clock=Clock())
+    balancer = Balancer(threads=4, clock=Clock(10.0))
     assert not balancer.should_defer(active=1)
     assert balancer.may_accept()
     assert balancer.poll_timeout(1.0) == 1.0
 
 
 def test_a_busy_worker_steps_aside_then_takes_the_connection_nobody_took() -> None:
-    clock = Clock()
+    clock = Clock(10.0)
     balancer = Balancer(threads=4, clock=clock)
     assert balancer.should_defer(active=3)  # two past half its threads: 2 x 2 ms aside
     assert not balancer.may_accept()
@@ -118,7 +111,7 @@ def test_a_busy_worker_steps_aside_then_takes_the_connection_nobody_took() -> No
 
 
 def test_the_less_busy_of_two_busy_workers_takes_the_connection_first() -> None:
-    clock = Clock()
+    clock = Clock(10.0)
     less, more = Balancer(threads=4, clock=clock), Balancer(threads=4, clock=clock)
     assert less.should_defer(active=2) and more.should_defer(active=4)
     clock.now += ACCEPT_DEFER_SECONDS
@@ -126,7 +119,7 @@ def test_the_less_busy_of_two_busy_workers_takes_the_connection_first() -> None:
 
 
 def test_a_worker_queueing_past_its_threads_takes_every_waiting_connection() -> None:
-    clock = Clock()
+    clock = Clock(10.0)
     balancer = Balancer(threads=2, clock=clock)
     assert balancer.should_defer(active=3)
     clock.now += 3 * ACCEPT_DEFER_SECONDS
@@ -137,7 +130,7 @@ def test_a_worker_queueing_past_its_threads_takes_every_waiting_connection() -> 
 
 
 def test_after_a_deferral_ends_the_poll_is_not_shortened() -> None:
-    clock = Clock()
+    clock = Clock(10.0)
     balancer = Balancer(threads=4, clock=clock)
     balancer.should_defer(active=2)
     clock.now += 1.0

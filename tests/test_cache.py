@@ -9,14 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from scorer.features.cache import ABSENT, Entry, FeatureCache
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes import Clock
 
 
 def live(cache: FeatureCache, url: str) -> dict[str, object]:
@@ -26,7 +19,7 @@ def live(cache: FeatureCache, url: str) -> dict[str, object]:
 
 
 def test_each_feature_lives_for_its_own_ttl() -> None:
-    clock = Clock()
+    clock = Clock(0.0)
     cache = FeatureCache(10, clock=clock)
     cache.put_many([(("u", "short"), Entry(1, 5)), (("u", "long"), Entry(2, 50))])
     clock.now = 6
@@ -37,7 +30,7 @@ def test_each_feature_lives_for_its_own_ttl() -> None:
 
 
 def test_new_features_join_the_live_ones_of_their_stream() -> None:
-    clock = Clock()
+    clock = Clock(0.0)
     cache = FeatureCache(10, clock=clock)
     cache.put_many([(("u", "a"), Entry(1, 5)), (("u", "b"), Entry(2, 50))])
     clock.now = 6
@@ -47,7 +40,7 @@ def test_new_features_join_the_live_ones_of_their_stream() -> None:
 
 
 def test_least_recently_used_stream_is_evicted_first() -> None:
-    cache = FeatureCache(4, clock=Clock())
+    cache = FeatureCache(4, clock=Clock(0.0))
     cache.put_many([(("a", "f"), Entry(1, 9)), (("a", "g"), Entry(1, 9))])
     cache.put_many([(("b", "f"), Entry(2, 9)), (("b", "g"), Entry(2, 9))])
     live(cache, "a")
@@ -85,7 +78,7 @@ def long_url(n: int) -> str:
 def test_long_urls_fill_the_cache_only_up_to_its_byte_bound(
     make_value: Callable[[int], object],
 ) -> None:
-    cache = FeatureCache(50_000, max_bytes=MiB, clock=Clock())
+    cache = FeatureCache(50_000, max_bytes=MiB, clock=Clock(0.0))
     gc.collect()
     tracemalloc.start()
     try:
@@ -107,7 +100,7 @@ def test_long_urls_fill_the_cache_only_up_to_its_byte_bound(
 
 
 def test_a_stream_larger_than_the_byte_bound_is_not_cached() -> None:
-    cache = FeatureCache(100, max_bytes=4096, clock=Clock())
+    cache = FeatureCache(100, max_bytes=4096, clock=Clock(0.0))
     cache.put_many([(("small", "f"), Entry(1.0, 9))])
     cache.put_many([(("big", "f"), Entry("x" * 5000, 9))])
     assert live(cache, "big") == {}
@@ -115,7 +108,7 @@ def test_a_stream_larger_than_the_byte_bound_is_not_cached() -> None:
 
 
 def test_byte_estimate_follows_values_in_and_out() -> None:
-    clock = Clock()
+    clock = Clock(0.0)
     cache = FeatureCache(100, max_bytes=MiB, clock=clock)
     cache.put_many([(("u", "short"), Entry("x" * 10_000, 5)), (("u", "long"), Entry(1.0, 50))])
     with_text = cache.bytes

@@ -5,14 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from scorer.serving.line import ADMITTED, QUEUE_DELAY, QUEUED_AT, Line
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes import Clock
 
 
 def environ_of(line: Line) -> dict[str, Any]:
@@ -28,7 +21,7 @@ def environ_of(line: Line) -> dict[str, Any]:
 
 
 def test_a_request_taken_after_a_wait_carries_it_to_the_app() -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     line = Line(threads=2, clock=clock)
     ticket = line.join()
     clock.now += 0.030
@@ -41,7 +34,7 @@ def test_a_request_taken_after_a_wait_carries_it_to_the_app() -> None:
 
 
 def test_an_admitted_request_carries_the_wait_it_was_let_in_with() -> None:
-    line = Line(threads=1, clock=Clock())
+    line = Line(threads=1, clock=Clock(100.0))
     ticket = line.join()
     ticket.admitted = 0.012
     line.taken(ticket, waited_for_client=False)
@@ -49,7 +42,7 @@ def test_an_admitted_request_carries_the_wait_it_was_let_in_with() -> None:
 
 
 def test_a_connection_whose_client_had_sent_nothing_gets_no_wait() -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     line = Line(threads=1, clock=clock)
     ticket = line.join()
     clock.now += 5
@@ -59,7 +52,7 @@ def test_a_connection_whose_client_had_sent_nothing_gets_no_wait() -> None:
 
 
 def test_with_a_free_thread_a_newcomer_expects_what_the_first_in_line_waited() -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     line = Line(threads=4, clock=clock)
     line.join()
     clock.now += 0.002
@@ -69,7 +62,7 @@ def test_with_a_free_thread_a_newcomer_expects_what_the_first_in_line_waited() -
 
 
 def test_with_every_thread_busy_the_wait_grows_with_the_places_ahead() -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     line = Line(threads=1, clock=clock)
     line.taken(line.join(), waited_for_client=False)  # the one thread is busy from here
     first, second = line.join(), line.join()  # the second has one ahead of it
@@ -86,7 +79,7 @@ def test_with_every_thread_busy_the_wait_grows_with_the_places_ahead() -> None:
 
 
 def test_a_free_thread_forgets_the_last_lines_pace() -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     line = Line(threads=1, clock=clock)
     line.taken(line.join(), waited_for_client=False)
     first, second = line.join(), line.join()

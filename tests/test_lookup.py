@@ -4,18 +4,11 @@ from __future__ import annotations
 
 from scorer.features.cache import ABSENT, Entry, FeatureCache
 from scorer.features.lookup import Shared, read_cache
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes import Clock
 
 
 def test_hits_and_misses_are_counted_once_per_stream_wanting_them() -> None:
-    clock = Clock()
+    clock = Clock(0.0)
     cache = FeatureCache(100, 1 << 20, clock=clock)
     cache.put_many(
         [
@@ -40,7 +33,7 @@ def test_hits_and_misses_are_counted_once_per_stream_wanting_them() -> None:
 
 
 def test_a_list_value_found_is_named_for_copying() -> None:
-    cache = FeatureCache(100, 1 << 20, clock=Clock())
+    cache = FeatureCache(100, 1 << 20, clock=Clock(0.0))
     cache.put_many([(("a", "tags"), Entry(["x", "y"], 60))])
     shared: Shared = {}
     with cache.lock:

@@ -17,18 +17,9 @@ from scorer.serving.line import ADMITTED, QUEUE_DELAY, QUEUED_AT
 from scorer.serving.shedding import Codel, Shedder, client_gone, parse_request_start, parse_timeout
 from tests import fakes
 from tests.conftest import make_settings, sample
+from tests.fakes import Clock
 
 TARGET, INTERVAL = 0.005, 0.100
-
-
-class Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def feed(codel: Codel, clock: Clock, delays: list[float], step: float = 0.010) -> list[bool]:
@@ -41,7 +32,7 @@ def feed(codel: Codel, clock: Clock, delays: list[float], step: float = 0.010) -
 
 
 def test_a_burst_that_drains_within_the_interval_is_served() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     codel = Codel(TARGET, INTERVAL, clock)
     # Each interval has long waits, and one under the target: the queue drained.
     for _ in range(5):
@@ -58,7 +49,7 @@ def overload(codel: Codel, clock: Clock) -> None:
 
 
 def test_a_standing_queue_sheds_waits_over_twice_the_target_from_the_next_interval() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     codel = Codel(TARGET, INTERVAL, clock)
     # An interval where no request waited under 20 ms: served, but noted; in the next one,
     # over twice the target is shed, under it is served.
@@ -73,7 +64,7 @@ def test_a_standing_queue_sheds_waits_over_twice_the_target_from_the_next_interv
 
 
 def test_shedding_stops_after_an_interval_with_a_short_wait() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     codel = Codel(TARGET, INTERVAL, clock)
     overload(codel, clock)
     assert feed(codel, clock, [0.030, 0.001, 0.030]) == [True, False, True]
@@ -82,7 +73,7 @@ def test_shedding_stops_after_an_interval_with_a_short_wait() -> None:
 
 
 def test_an_idle_worker_starts_unloaded() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     codel = Codel(TARGET, INTERVAL, clock)
     clock.now += 60  # no request for a minute: no interval recorded a wait
     assert feed(codel, clock, [0.020, 0.020, 0.020]) == [False, False, False]
@@ -96,7 +87,7 @@ def shedder(clock: Clock, wall: float = 1_700_000_000.0, **kwargs: Any) -> Shedd
 
 
 def test_a_wait_over_the_cap_is_refused_at_once_and_a_cap_of_zero_is_none() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     refusal = shedder(clock).check({QUEUE_DELAY: 0.150, QUEUED_AT: clock.now - 0.150})
     assert isinstance(refusal, Overloaded)
     assert refusal.status == 503 and refusal.reason == "queue_limit"
@@ -107,7 +98,7 @@ def test_a_wait_over_the_cap_is_refused_at_once_and_a_cap_of_zero_is_none() -> N
 
 
 def test_a_standing_queue_is_refused_naming_it() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     policy = shedder(clock)
     overload(policy.codel, clock)
     refusal = policy.check({QUEUE_DELAY: 0.020})
@@ -119,7 +110,7 @@ def test_a_standing_queue_is_refused_naming_it() -> None:
 
 
 def test_waits_are_not_refused_while_a_new_worker_warms_up() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     policy = shedder(clock, warmup=5.0)
     assert policy.check({QUEUE_DELAY: 0.150}) is None  # its first request starts the warm-up
     overload(policy.codel, clock)
@@ -131,7 +122,7 @@ def test_waits_are_not_refused_while_a_new_worker_warms_up() -> None:
 
 
 def test_a_deadline_is_refused_while_warming_up() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     policy = shedder(clock, warmup=5.0)
     policy.service_time = 0.010
     refusal = policy.check({QUEUE_DELAY: 0.001, "HTTP_X_REQUEST_TIMEOUT_MS": "2"})
@@ -169,7 +160,7 @@ def test_a_budget_header_is_milliseconds_and_zero_is_no_deadline(
 
 
 def test_the_budget_counts_from_arrival_or_from_the_proxys_start() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     policy = shedder(clock)
     arrived = {QUEUED_AT: clock.now - 0.040}
     assert policy.time_left(arrived) is None  # no budget given: no deadline
@@ -188,7 +179,7 @@ def test_the_budget_counts_from_arrival_or_from_the_proxys_start() -> None:
 
 
 def test_a_deadline_passed_or_shorter_than_scoring_is_refused() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     policy = shedder(clock)
     start = {QUEUED_AT: clock.now - 0.300, "HTTP_X_REQUEST_TIMEOUT_MS": "250"}
     refusal = policy.check(start)
@@ -206,7 +197,7 @@ def test_a_deadline_passed_or_shorter_than_scoring_is_refused() -> None:
 
 
 def test_the_client_is_probed_only_after_a_wait_past_the_target() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     probed: list[Any] = []
 
     def gone(sock: Any) -> bool:
@@ -255,7 +246,7 @@ def test_a_client_that_closed_or_half_closed_is_gone(
 
 
 def test_every_refusal_reason_is_a_counted_reason() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     policy = shedder(clock, probe=lambda sock: True)
     overload(policy.codel, clock)
     refusals = [
@@ -314,7 +305,7 @@ def test_without_a_queue_stamp_server_timing_has_the_app_time_only() -> None:
 
 
 def test_on_arrival_a_line_over_the_cap_is_refused_naming_the_line() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     refusal = shedder(clock).check_arrival(0.150, 12, {})
     assert refusal is not None and refusal.reason == "queue_limit"
     assert refusal.detail == (
@@ -325,7 +316,7 @@ def test_on_arrival_a_line_over_the_cap_is_refused_naming_the_line() -> None:
 
 
 def test_on_arrival_a_standing_queue_refuses_a_line_over_twice_the_target() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     policy = shedder(clock)
     assert policy.check_arrival(0.020, 2, {}) is None  # no interval has seen a standing queue
     overload(policy.codel, clock)
@@ -336,7 +327,7 @@ def test_on_arrival_a_standing_queue_refuses_a_line_over_twice_the_target() -> N
 
 
 def test_standing_reads_the_interval_that_just_ended_without_observing() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     codel = Codel(TARGET, INTERVAL, clock)
     clock.now += INTERVAL  # past the interval the policy was made in
     feed(codel, clock, [0.020] * 5)  # an interval in which every wait is over the target
@@ -348,7 +339,7 @@ def test_standing_reads_the_interval_that_just_ended_without_observing() -> None
 
 
 def test_on_arrival_a_deadline_shorter_than_the_line_is_refused() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     policy = shedder(clock, max_queue=0)
     policy.record_service(0.040)  # scoring takes 5 ms on average
     assert policy.check_arrival(0.300, 9, {"x-request-timeout-ms": "1000"}) is None
@@ -369,7 +360,7 @@ def test_on_arrival_a_deadline_shorter_than_the_line_is_refused() -> None:
 
 
 def test_on_arrival_a_new_worker_refuses_no_wait_while_warming_up() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     policy = shedder(clock, warmup=5.0)
     assert policy.check_arrival(10.0, 50, {}) is None
     refusal = policy.check_arrival(10.0, 50, {"x-request-timeout-ms": "100"})
@@ -377,7 +368,7 @@ def test_on_arrival_a_new_worker_refuses_no_wait_while_warming_up() -> None:
 
 
 def test_a_request_let_in_on_arrival_is_refused_only_well_past_its_wait() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     policy = shedder(clock)
     overload(policy.codel, clock)
     # Let in expecting 15 ms, with a 5 ms target: held to a standing queue past 2 x 15 + 10 ms.
