@@ -342,12 +342,12 @@ def test_on_arrival_a_deadline_shorter_than_the_line_is_refused() -> None:
     clock = Clock(1000.0)
     policy = shedder(clock, max_queue=0)
     policy.record_service(0.040)  # scoring takes 5 ms on average
-    assert policy.check_arrival(0.300, 9, {"x-request-timeout-ms": "1000"}) is None
+    assert policy.check_arrival(0.200, 9, {"x-request-timeout-ms": "1000"}) is None
     refusal = policy.check_arrival(0.300, 9, {"x-request-timeout-ms": "250"})
     assert refusal is not None and refusal.reason == "deadline"
     assert refusal.detail == (
-        "overloaded: deadline - 250 ms left of the client's deadline; 9 in line for a worker"
-        " thread, about 300 ms to wait, and scoring takes about 5 ms"
+        "overloaded: deadline - 9 in line for a worker thread, about 300 ms to wait, over a"
+        " quarter of the client's 250 ms budget"
     )
     # A proxy's start stamp counts: its budget passed before the request got here.
     stale = f"t={1_700_000_000.0 - 1.0:.3f}"
@@ -379,3 +379,13 @@ def test_a_request_let_in_on_arrival_is_refused_only_well_past_its_wait() -> Non
     # Let in at once (a short line, expecting nothing): twice the target is its wait (30 ms).
     assert policy.check({QUEUE_DELAY: 0.025, ADMITTED: 0.0}) is None
     assert policy.check({QUEUE_DELAY: 0.035, ADMITTED: 0.0}) is not None
+
+
+def test_a_wait_past_a_quarter_of_the_clients_budget_is_refused_while_it_can_go_elsewhere() -> None:
+    clock = Clock(1000.0)
+    policy = shedder(clock, max_queue=0)
+    assert policy.check({QUEUE_DELAY: 0.060, "HTTP_X_REQUEST_TIMEOUT_MS": "250"}) is None
+    refusal = policy.check({QUEUE_DELAY: 0.070, "HTTP_X_REQUEST_TIMEOUT_MS": "250"})
+    assert refusal is not None and refusal.reason == "deadline"
+    assert "over a quarter of the client's 250 ms budget" in refusal.detail
+    assert policy.check({QUEUE_DELAY: 0.070}) is None  # no budget announced: no such cap

@@ -37,6 +37,8 @@ TIMEOUT_HEADERS = ("HTTP_X_REQUEST_TIMEOUT_MS", "HTTP_X_ENVOY_EXPECTED_RQ_TIMEOU
 REQUEST_START_HEADER = "HTTP_X_REQUEST_START"
 # The same headers as they arrive on the wire, lower-case (scorer.serving.admission reads them).
 _DEADLINE_HEADERS = ("x-request-timeout-ms", "x-envoy-expected-rq-timeout-ms", "x-request-start")
+DEADLINE_WAIT_SHARE = 0.25
+"""The share of a client's announced budget a request may spend waiting for a thread."""
 SERVICE_TIME_WEIGHT = 0.125
 """Weight of the newest scored request in the moving average of the service time."""
 
@@ -174,6 +176,9 @@ class Shedder:
             if refusal is not None:
                 return refusal
         scoring = f"scoring takes about {_ms(self.service_time)} ms"
+        waited = f"waited {_ms(delay)} ms for a worker thread" if delay is not None else ""
+        if delay is not None and (refusal := self._refuse_share(environ, delay, waited)):
+            return refusal
         return self._refuse_deadline(self.time_left(environ), self.service_time, scoring)
 
     def check_arrival(
@@ -197,7 +202,25 @@ class Shedder:
             if (value := headers.get(name)) is not None
         }
         scoring = f"{line}, and scoring takes about {_ms(self.service_time)} ms"
+        if (refusal := self._refuse_share(environ, wait, line)) is not None:
+            return refusal
         return self._refuse_deadline(self.time_left(environ), wait + self.service_time, scoring)
+
+    def _refuse_share(
+        self, environ: Mapping[str, Any], wait: float, waited: str
+    ) -> Overloaded | None:
+        """Refuse a wait for a thread past its share of the client's announced budget.
+
+        The cap derived from the deadline: past a quarter of its budget in line, a request is
+        refused while its client has most of the budget left to try another replica, instead
+        of being scored late or refused at the end of it.
+        """
+        budget = self.budget(environ)
+        if budget is None or wait <= budget * DEADLINE_WAIT_SHARE:
+            return None
+        return Overloaded(
+            "deadline", f"{waited}, over a quarter of the client's {_ms(budget)} ms budget"
+        )
 
     def _past_promise(self, environ: Mapping[str, Any], delay: float) -> bool:
         """Tell whether a request waited past what it was let in with (any, if not judged)."""
@@ -247,15 +270,21 @@ class Shedder:
             close=True,
         )
 
-    def time_left(self, environ: Mapping[str, Any]) -> float | None:
-        """Return the seconds left of the client's budget (negative: passed), None if unknown."""
+    @staticmethod
+    def budget(environ: Mapping[str, Any]) -> float | None:
+        """Return the client's announced budget in seconds (the shorter of two), None if none."""
         budgets = [
             budget
             for name in TIMEOUT_HEADERS
             if (value := environ.get(name)) is not None
             and (budget := parse_timeout(value)) is not None
         ]
-        if not budgets:
+        return min(budgets) if budgets else None
+
+    def time_left(self, environ: Mapping[str, Any]) -> float | None:
+        """Return the seconds left of the client's budget (negative: passed), None if unknown."""
+        budget = self.budget(environ)
+        if budget is None:
             return None
         queued_at = environ.get(QUEUED_AT)
         elapsed = self._clock() - queued_at if queued_at is not None else 0.0
@@ -264,7 +293,7 @@ class Shedder:
         if started is not None:
             # The proxy's clock may differ from ours; the wait seen here is a lower bound.
             elapsed = max(elapsed, self._wall_clock() - started)
-        return min(budgets) - elapsed
+        return budget - elapsed
 
 
 def _ms(seconds: float) -> str:
