@@ -140,13 +140,3 @@ def test_bad_value_at_a_reload_keeps_the_running_settings_with_one_error(
     assert [(r.levelname, "TIMEOUT" in r.getMessage()) for r in caplog.records] == [("ERROR", True)]
     monkeypatch.setenv("TIMEOUT", "13")
     assert running.load().timeout == 13
-
-
-def test_readme_documents_every_setting() -> None:
-    from pathlib import Path
-
-    from config import Settings
-
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    missing = [f.alias for f in Settings.model_fields.values() if f"| `{f.alias}` |" not in readme]
-    assert missing == []

@@ -26,7 +26,7 @@ def test_every_setting_is_in_the_configuration_reference() -> None:
     missing = [
         field.alias or name
         for name, field in Settings.model_fields.items()
-        if f"`{field.alias or name.upper()}`" not in reference
+        if f"| `{field.alias or name.upper()}` |" not in reference
     ]
     assert missing == []
 
