@@ -10,8 +10,12 @@ beside it; the behaviour lives in:
 - `arm_head` and `DeadlineSocket` (`deadlines.py`): the request head's deadline, and its 408;
 - `Drain` (`draining.py`): refusing connections once a stop begins, retiring around a stuck one.
 
-Tested against gunicorn 23 to 27 (`pyproject.toml` pins that range; CI runs both ends):
-gthread's loop, `TConn` and `enqueue_req` / `finish_request` are what these hooks rely on.
+- `sockets.py`: the non-blocking reads and sends of the main loop, keeping the interpreter.
+
+Tested on gunicorn 27.0.1 (`pyproject.toml` allows >=27.0.1,<28; CI runs the worker's tests on
+the lowest allowed too): gthread's loop, `TConn`, its pending and kept-alive paths and
+`enqueue_req` / `finish_request` are what these hooks rely on (26.x and 27.0.0 drop kept-alive
+connections at a graceful stop, which the reload tests catch).
 """
 
 from __future__ import annotations
