@@ -175,11 +175,14 @@ class Shedder:
             )
             if refusal is not None:
                 return refusal
+        budget = self.budget(environ)
+        if budget is None:
+            return None  # no deadline announced: nothing more to judge (or to format)
+        if delay is not None and delay > budget * DEADLINE_WAIT_SHARE:
+            return _over_share(f"waited {_ms(delay)} ms for a worker thread", budget)
         scoring = f"scoring takes about {_ms(self.service_time)} ms"
-        waited = f"waited {_ms(delay)} ms for a worker thread" if delay is not None else ""
-        if delay is not None and (refusal := self._refuse_share(environ, delay, waited)):
-            return refusal
-        return self._refuse_deadline(self.time_left(environ), self.service_time, scoring)
+        left = self.time_left(environ, budget)
+        return self._refuse_deadline(left, self.service_time, scoring)
 
     def check_arrival(
         self, wait: float, waiting: int, headers: Mapping[str, str]
@@ -201,26 +204,14 @@ class Shedder:
             for name in _DEADLINE_HEADERS
             if (value := headers.get(name)) is not None
         }
-        scoring = f"{line}, and scoring takes about {_ms(self.service_time)} ms"
-        if (refusal := self._refuse_share(environ, wait, line)) is not None:
-            return refusal
-        return self._refuse_deadline(self.time_left(environ), wait + self.service_time, scoring)
-
-    def _refuse_share(
-        self, environ: Mapping[str, Any], wait: float, waited: str
-    ) -> Overloaded | None:
-        """Refuse a wait for a thread past its share of the client's announced budget.
-
-        The cap derived from the deadline: past a quarter of its budget in line, a request is
-        refused while its client has most of the budget left to try another replica, instead
-        of being scored late or refused at the end of it.
-        """
         budget = self.budget(environ)
-        if budget is None or wait <= budget * DEADLINE_WAIT_SHARE:
+        if budget is None:
             return None
-        return Overloaded(
-            "deadline", f"{waited}, over a quarter of the client's {_ms(budget)} ms budget"
-        )
+        if wait > budget * DEADLINE_WAIT_SHARE:
+            return _over_share(line, budget)
+        scoring = f"{line}, and scoring takes about {_ms(self.service_time)} ms"
+        left = self.time_left(environ, budget)
+        return self._refuse_deadline(left, wait + self.service_time, scoring)
 
     def _past_promise(self, environ: Mapping[str, Any], delay: float) -> bool:
         """Tell whether a request waited past what it was let in with (any, if not judged)."""
@@ -281,9 +272,13 @@ class Shedder:
         ]
         return min(budgets) if budgets else None
 
-    def time_left(self, environ: Mapping[str, Any]) -> float | None:
-        """Return the seconds left of the client's budget (negative: passed), None if unknown."""
-        budget = self.budget(environ)
+    def time_left(self, environ: Mapping[str, Any], budget: float | None = None) -> float | None:
+        """Return the seconds left of the client's budget (negative: passed), None if unknown.
+
+        `budget`: the announced one, when the caller has read it already.
+        """
+        if budget is None:
+            budget = self.budget(environ)
         if budget is None:
             return None
         queued_at = environ.get(QUEUED_AT)
@@ -294,6 +289,18 @@ class Shedder:
             # The proxy's clock may differ from ours; the wait seen here is a lower bound.
             elapsed = max(elapsed, self._wall_clock() - started)
         return budget - elapsed
+
+
+def _over_share(waited: str, budget: float) -> Overloaded:
+    """Refuse a wait past its share of the client's announced budget.
+
+    The cap derived from the deadline: past a quarter of its budget in line, a request is
+    refused while its client has most of the budget left to try another replica, instead of
+    being scored late or refused at the end of it.
+    """
+    return Overloaded(
+        "deadline", f"{waited}, over a quarter of the client's {_ms(budget)} ms budget"
+    )
 
 
 def _ms(seconds: float) -> str:
