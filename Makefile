@@ -53,8 +53,8 @@ bench: $(VENV)/.bench
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/run.py
 
 ## soak: 5 minutes at 70% of capacity with worker recycling; RSS and metric files must stay flat
-soak: $(STAMP)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/soak.py
+soak: $(VENV)/.bench
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/run.py --only soak
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,7 +1,9 @@
 """Send individual requests from Python: samples, sequential latency, fixed counts, metrics."""
 
+import contextlib
 import http.client
 import json
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,15 +19,12 @@ def connect(base: str, timeout: float) -> http.client.HTTPConnection:
 
 def post_score(base: str, body: bytes, timeout: float = 30.0) -> tuple[int, Any, float]:
     """POST body to base/score on a fresh connection; return status, parsed JSON, seconds."""
-    conn = connect(base, timeout)
-    try:
+    with contextlib.closing(connect(base, timeout)) as conn:
         start = time.perf_counter()
         conn.request("POST", "/score", body, {"Content-Type": "application/json"})
         resp = conn.getresponse()
         raw = resp.read()
         elapsed = time.perf_counter() - start
-    finally:
-        conn.close()
     try:
         data = json.loads(raw)
     except ValueError:
@@ -46,20 +45,16 @@ def send_all(
     local = threading.local()
 
     def send(body: bytes) -> None:
-        conn = getattr(local, "conn", None)
-        if conn is None:
-            conn = local.conn = connect(base, 30)
+        conn = local.conn = getattr(local, "conn", None) or connect(base, 30)
         try:
             conn.request("POST", "/score", body, {"Content-Type": "application/json"})
             resp = conn.getresponse()
             resp.read()
-            key = str(resp.status)
+            key, reuse = str(resp.status), keepalive
         except (OSError, http.client.HTTPException) as exc:
+            key, reuse = type(exc).__name__, False
+        if not reuse:
             conn.close()
-            local.conn = None
-            key = type(exc).__name__
-        if not keepalive and local.conn is not None:
-            local.conn.close()
             local.conn = None
         with lock:
             counts[key] = counts.get(key, 0) + 1
@@ -81,19 +76,23 @@ def send_at_once(base: str, body: bytes, copies: int) -> list[int]:
         return list(pool.map(send, range(copies)))
 
 
+_SAMPLE = re.compile(r"^(\w+)(?:\{(.*)\})? (\S+)$")
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def scrape(base: str) -> list[tuple[str, dict[str, str], float]]:
+    """Return every sample of base/metrics as (name, labels, value); [] if it does not answer."""
+    with contextlib.closing(connect(base, 10)) as conn:
+        try:
+            conn.request("GET", "/metrics")
+            text = conn.getresponse().read().decode()
+        except (OSError, http.client.HTTPException):
+            return []
+    samples = (_SAMPLE.match(line) for line in text.splitlines())
+    return [(m[1], dict(_LABEL.findall(m[2] or "")), float(m[3])) for m in samples if m]
+
+
 def read_metric(base: str, name: str) -> float | None:
     """Sum the samples of one Prometheus metric from base/metrics (None if absent)."""
-    conn = connect(base, 10)
-    try:
-        conn.request("GET", "/metrics")
-        resp = conn.getresponse()
-        text = resp.read().decode()
-    except (OSError, http.client.HTTPException):
-        return None
-    finally:
-        conn.close()
-    total = None
-    for line in text.splitlines():
-        if line.startswith(name) and line[len(name) : len(name) + 1] in (" ", "{"):
-            total = (total or 0.0) + float(line.rsplit(" ", 1)[1])
-    return total
+    values = [value for sample, _, value in scrape(base) if sample == name]
+    return sum(values) if values else None

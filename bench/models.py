@@ -1,9 +1,7 @@
-"""Build the benchmark models and cloudpickle them to files.
+"""Build the benchmark models and cloudpickle them to files: `python bench/models.py OUT_DIR`.
 
-Run with the seed venv's python (cloudpickle 2.2.1), as a script, so the functions are pickled by
-value and both services load the very same bytes:
-
-    bench/.venv-seed/bin/python bench/models.py OUT_DIR
+Run it with the seed venv's python (bench/.venv-seed, cloudpickle 2.2.1), as a script, so the
+functions are pickled by value and both services load the very same bytes.
 """
 
 import json
@@ -16,25 +14,18 @@ import cloudpickle
 import numpy as np
 
 STREAM_FEATURES = ["f1", "f2", "f3"]
-USER_FEATURES = ["u1", "u2", "u3", "watched"]  # watched: the user's 50-stream history
-GLOBAL_FEATURES = ["g1", "g2"]
-HISTORY_FEATURES = ["f1", "f2"]
-CPU_TARGET_SECONDS = 0.002
-CPU4_TARGET_SECONDS = 0.004
-HEAVY_TARGET_SECONDS = 0.030
 HEAVY_USER_PREFIX = "heavy"
-MEMORY_ARRAY_BYTES = 256 * 1024 * 1024
-MEMORY_DICT_SIZE = 1_000_000
+Doc = dict[str, Any]
+Row = tuple[Any, ...]
+Ranked = list[tuple[str, Row]]
 
 
-def preprocess(
-    user: dict[str, Any], streams: list[dict[str, Any]], playlist: dict[str, Any], params: Any
-) -> list[tuple[Any, ...]]:
+def preprocess(user: Doc, streams: list[Doc], playlist: Doc, params: Any) -> list[Row]:
     """Turn each stream into a tuple of its feature values (None when the store had none)."""
     return [tuple(s.get(f) for f in STREAM_FEATURES) for s in streams]
 
 
-def predict_simple(rows: list[tuple[Any, ...]], params: dict[str, Any]) -> dict[str, Any]:
+def predict_simple(rows: list[Row], params: Doc) -> Doc:
     """Score a weighted sum and count the feature values seen, to expose silent misses."""
     weights = params["weights"]
     scores = []
@@ -49,28 +40,19 @@ def predict_simple(rows: list[tuple[Any, ...]], params: dict[str, Any]) -> dict[
     return {"scores": scores, "features_seen": seen}
 
 
-def preprocess_ranked(
-    user: dict[str, Any], streams: list[dict[str, Any]], playlist: dict[str, Any], params: Any
-) -> list[tuple[str, tuple[Any, ...]]]:
+def preprocess_ranked(user: Doc, streams: list[Doc], playlist: Doc, params: Any) -> Ranked:
     """Keep each stream's URL beside its feature values, to answer per stream."""
     return [(s["streamUrl"], tuple(s.get(f) for f in STREAM_FEATURES)) for s in streams]
 
 
-def predict_ranked(
-    rows: list[tuple[str, tuple[Any, ...]]], params: dict[str, Any]
-) -> list[dict[str, Any]]:
+def predict_ranked(rows: Ranked, params: Doc) -> list[Doc]:
     """Score like the simple model, answering one dict per stream, as ranking models do."""
     weights = params["weights"]
     out = []
     for url, values in rows:
         present = [(w, float(v)) for w, v in zip(weights, values, strict=True) if v is not None]
-        out.append(
-            {
-                "streamUrl": url,
-                "score": sum(w * v for w, v in present),
-                "features_seen": len(present),
-            }
-        )
+        score = sum(w * v for w, v in present)
+        out.append({"streamUrl": url, "score": score, "features_seen": len(present)})
     return out
 
 
@@ -82,22 +64,20 @@ def burn_cpu(loops: int) -> float:
     return acc
 
 
-def predict_cpu(rows: list[tuple[Any, ...]], params: dict[str, Any]) -> dict[str, Any]:
+def predict_cpu(rows: list[Row], params: Doc) -> Doc:
     """Score like the simple model after burning about 2 ms of CPU."""
     out = predict_simple(rows, params)
     out["burn"] = burn_cpu(params["loops"])
     return out
 
 
-def preprocess_mixed(
-    user: dict[str, Any], streams: list[dict[str, Any]], playlist: dict[str, Any], params: Any
-) -> dict[str, Any]:
+def preprocess_mixed(user: Doc, streams: list[Doc], playlist: Doc, params: Any) -> Doc:
     """Like preprocess, and say whether this request is a heavy one (by user id)."""
     heavy = str(user.get("userid", "")).startswith(HEAVY_USER_PREFIX)
     return {"rows": preprocess(user, streams, playlist, params), "heavy": heavy}
 
 
-def predict_mixed(model_input: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+def predict_mixed(model_input: Doc, params: Doc) -> Doc:
     """Score like the simple model; a heavy user's request first burns about 30 ms of CPU."""
     out = predict_simple(model_input["rows"], params)
     if model_input["heavy"]:
@@ -105,11 +85,10 @@ def predict_mixed(model_input: dict[str, Any], params: dict[str, Any]) -> dict[s
     return out
 
 
-def predict_memory(rows: list[tuple[Any, ...]], params: dict[str, Any]) -> dict[str, Any]:
+def predict_memory(rows: list[Row], params: Doc) -> Doc:
     """Score like the simple model, reading the big array and dict so they stay live."""
     out = predict_simple(rows, params)
-    big = params["big_array"]
-    table = params["big_dict"]
+    big, table = params["big_array"], params["big_dict"]
     out["scores"] = [
         s + float(big[(i * 7919) % big.shape[0]]) + table[(i * 104729) % len(table)]
         for i, s in enumerate(out["scores"])
@@ -133,55 +112,36 @@ def calibrate_loops(target_seconds: float) -> int:
     return max(1, int(target_seconds / (min(timings) / probe)))
 
 
-def build_models() -> dict[str, dict[str, Any]]:
+def model(predict: Any, prepare: Any = preprocess, more: Any = None, **params: Any) -> Any:
+    """Return a model dict in the seed's format: the weights in its params, and those given."""
+    params = {"weights": [0.5, 0.3, 0.2], **params}
+    base = {"preprocess": prepare, "predict": predict, "stream_features": STREAM_FEATURES}
+    return {**base, "params": params, **(more or {})}
+
+
+def build_models() -> dict[str, Doc]:
     """Return the model dicts by name."""
-    weights = [0.5, 0.3, 0.2]
-    base: dict[str, Any] = {"preprocess": preprocess, "stream_features": STREAM_FEATURES}
-    big_array = np.full(MEMORY_ARRAY_BYTES // 8, 1.5, dtype=np.float64)
-    big_dict = {i: float(i) * 0.001 for i in range(MEMORY_DICT_SIZE)}
+    big_array = np.full(256 * 1024 * 1024 // 8, 1.5, dtype=np.float64)  # 256 MiB
+    big_dict = {i: float(i) * 0.001 for i in range(1_000_000)}
+    # The simple model given 4 user features (watched: a 50-stream history), 2 global ones and 2
+    # features of each history stream (bench/emulator.py writes them): what those reads cost.
+    history = {
+        "user_features": ["u1", "u2", "u3", "watched"],
+        "global_features": ["g1", "g2"],
+        "history": {"user_feature": "watched", "stream_features": ["f1", "f2"]},
+    }
     return {
-        "simple": {**base, "predict": predict_simple, "params": {"weights": weights}},
-        "ranked": {
-            **base,
-            "preprocess": preprocess_ranked,
-            "predict": predict_ranked,
-            "params": {"weights": weights},
-        },
-        "cpu": {
-            **base,
-            "predict": predict_cpu,
-            "params": {"weights": weights, "loops": calibrate_loops(CPU_TARGET_SECONDS)},
-        },
-        "cpu4": {
-            **base,
-            "predict": predict_cpu,
-            "params": {"weights": weights, "loops": calibrate_loops(CPU4_TARGET_SECONDS)},
-        },
-        "mixed": {
-            **base,
-            "preprocess": preprocess_mixed,
-            "predict": predict_mixed,
-            "params": {"weights": weights, "heavy_loops": calibrate_loops(HEAVY_TARGET_SECONDS)},
-        },
-        # The simple model, given 4 user features, 2 global ones and a 50-stream history with 2
-        # features each (bench/emulator.py writes them): what the extra reads and copies cost.
-        "history": {
-            **base,
-            "predict": predict_simple,
-            "params": {"weights": weights},
-            "user_features": USER_FEATURES,
-            "global_features": GLOBAL_FEATURES,
-            "history": {"user_feature": "watched", "stream_features": HISTORY_FEATURES},
-        },
-        "memory": {
-            **base,
-            "predict": predict_memory,
-            "params": {"weights": weights, "big_array": big_array, "big_dict": big_dict},
-        },
+        "simple": model(predict_simple),
+        "ranked": model(predict_ranked, preprocess_ranked),
+        "cpu": model(predict_cpu, loops=calibrate_loops(0.002)),
+        "cpu4": model(predict_cpu, loops=calibrate_loops(0.004)),
+        "mixed": model(predict_mixed, preprocess_mixed, heavy_loops=calibrate_loops(0.030)),
+        "history": model(predict_simple, more=history),
+        "memory": model(predict_memory, big_array=big_array, big_dict=big_dict),
     }
 
 
-def time_predict_ms(model: dict[str, Any], streams: int = 30) -> float:
+def time_predict_ms(model: Doc, streams: int = 30) -> float:
     """Return the fastest time of the model's predict on a request of `streams`, in ms.
 
     The user is a heavy one, so the mixed model reports its heavy requests' cost.
@@ -202,11 +162,12 @@ def write_models(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     described = {}
     for name, model in build_models().items():
-        (out_dir / f"{name}.pkl").write_bytes(cloudpickle.dumps(model))
+        pkl = out_dir / f"{name}.pkl"
+        pkl.write_bytes(cloudpickle.dumps(model))
         described[name] = {
             "predict_ms_30_streams": time_predict_ms(model),
             "cpu_loops": model["params"].get("loops") or model["params"].get("heavy_loops"),
-            "pickle_bytes": (out_dir / f"{name}.pkl").stat().st_size,
+            "pickle_bytes": pkl.stat().st_size,
         }
     print(json.dumps(described), flush=True)
 

@@ -1,50 +1,31 @@
-"""Scenario "reload": a new model version published while the service is under the S1 load.
+"""The reload shape: a new model version published while the service is under the S1 load.
 
-    .venv/bin/python bench/reloading.py [--short]   # alone: emulator, models, this scenario
-    .venv/bin/python bench/run.py --only reload      # inside the harness (and in `make bench`)
-
-Switch: ours (2 workers, MODEL_POLL_SECONDS=1) serves the S1 workload (wrk -t2 -c8, 30 warm
-streams) in back-to-back windows; after the steady windows the model file is published again to
-its key in a versioned bucket, a new version to the service. Reported: wrk errors and non-2xx
-answers over every window (goal 0); the switch time, from the upload to the first answer of a new
-worker and to the exit of the last old one; p99 of the windows in the 10 s after the switch
-against the steady windows (new workers start with empty feature caches).
-
-Memory: the memory model (as S5) on a fresh 1-worker start, then on 4 workers through a reload.
-PSS of the whole tree (master, workers and the check subprocess) is sampled every 0.1 s during
-the switch for its peak, and measured again once the requests have been served by the new
-workers: 4 workers after the reload over 1 fresh worker, goal <= 1.2 (as S5).
+Switch: wrk windows back to back while the model is published again (a new version in a
+versioned bucket); errors over every window, the switch's timing, p99 after it against steady.
+Memory: the memory model on 1 fresh worker, then on 4 through a reload, PSS of the whole tree
+sampled every 0.1 s for its peak and measured after (docs/benchmarks.md has the figures).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
 import statistics
-import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from alone import fresh_bench, output_path
 from client import send_all
-from emulator import (
-    BUCKET,
-    client,
-)
+from emulator import BUCKET, client
 from load import BODIES, Workload, make_body, run_wrk, warm_urls, write_lua
-from memory import tree_pss_mib
-from procs import cmdline, worker_pids
-from scenarios import Bench, warm
-from servers import Server, ServerSpec, running
+from procs import cmdline, tree_pss_mib, worker_pids
+from servers import Bench, Server, ServerSpec, running
+from shapes import warm
 
 RELOAD_BUCKET = "bench-reload"
 POLL_SECONDS = 1
 AFTER_SECONDS = 10.0  # the window after the switch that the issue asks about
-PSS_GOAL = 1.2
 
 
 def versioned_copy(endpoint: str, model_path: str) -> Callable[[], str]:
@@ -66,15 +47,11 @@ def versioned_copy(endpoint: str, model_path: str) -> Callable[[], str]:
     return publish
 
 
-def reloading_spec(bench: Bench, model_path: str, workers: int) -> ServerSpec:
+def reloading_spec(spec: ServerSpec, model_path: str, workers: int) -> ServerSpec:
     """Ours, serving the versioned copy of a model and polling it every POLL_SECONDS."""
-    return ServerSpec(
-        "ours",
-        f"s3://{RELOAD_BUCKET}/{model_path.removeprefix(f's3://{BUCKET}/')}",
-        workers,
-        bench.endpoint,
-        extra_env=(("MODEL_POLL_SECONDS", str(POLL_SECONDS)),),
-    )
+    path = f"s3://{RELOAD_BUCKET}/{model_path.removeprefix(f's3://{BUCKET}/')}"
+    poll = (("MODEL_POLL_SECONDS", str(POLL_SECONDS)),)
+    return spec.using(model=path, workers=workers, env=(*spec.env, *poll))
 
 
 def serving_workers(master: int) -> set[int]:
@@ -149,14 +126,15 @@ def window_figures(windows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def switch_under_load(
-    bench: Bench, window: float, steady_windows: int, after_seconds: float
+    bench: Bench, spec: ServerSpec, window: float, steady_windows: int, after_seconds: float
 ) -> dict[str, Any]:
     """The S1 load in windows of `window` s; publish after the steady ones; time the switch."""
-    publish = versioned_copy(bench.endpoint, bench.models["simple"])
+    model = bench.models[spec.model]
+    publish = versioned_copy(bench.endpoint, model)
     workload = Workload(30)
-    lua = write_lua(workload, bench.lua_dir)
+    lua = write_lua(workload)
     version: list[str] = []
-    with running(reloading_spec(bench, bench.models["simple"], 2), bench.log_dir) as server:
+    with running(reloading_spec(spec, model, 2), bench) as server:
         warmup = warm(server, workload, lua, bench.warmup)
         watch = SwitchWatch(server, lambda: version[0] if version else None, pss=False).start()
         windows: list[dict[str, Any]] = []
@@ -208,15 +186,16 @@ def switch_under_load(
     }
 
 
-def memory_through_reload(bench: Bench, requests: int) -> dict[str, Any]:
+def memory_through_reload(bench: Bench, spec: ServerSpec, requests: int) -> dict[str, Any]:
     """PSS of 1 fresh worker, and of 4 workers before, during (peak) and after a reload."""
-    publish = versioned_copy(bench.endpoint, bench.models["memory"])
+    model = bench.models["memory"]
+    publish = versioned_copy(bench.endpoint, model)
     bodies = [make_body(f"u{k}", warm_urls(k % BODIES, 30)) for k in range(requests)]
-    with running(reloading_spec(bench, bench.models["memory"], 1), bench.log_dir) as server:
+    with running(reloading_spec(spec, model, 1), bench) as server:
         statuses = {"w1": send_all(server.base, bodies)}
         fresh = tree_pss_mib(server.proc.pid)["total_mib"]
     version: list[str] = []
-    with running(reloading_spec(bench, bench.models["memory"], 4), bench.log_dir) as server:
+    with running(reloading_spec(spec, model, 4), bench) as server:
         statuses["w4 before"] = send_all(server.base, bodies)
         before = tree_pss_mib(server.proc.pid)["total_mib"]
         watch = SwitchWatch(server, lambda: version[0] if version else None, pss=True).start()
@@ -242,8 +221,7 @@ def memory_through_reload(bench: Bench, requests: int) -> dict[str, Any]:
         "peak_over_before": ratio(watch.peak_pss_mib, before),
         "switch_s": round(watch.all_new - watch.published, 2) if watch.all_new else None,
         "statuses": statuses,
-        "failed": not switched
-        or any(code != "200" for counts in statuses.values() for code in counts),
+        "failed": not switched or any(code != "200" for c in statuses.values() for code in c),
     }
 
 
@@ -251,49 +229,11 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
 
-def reload_scenario(bench: Bench, short: bool = False) -> dict[str, Any]:
+def reload(bench: Bench, spec: ServerSpec) -> dict[str, Any]:
     """A new model version published under the S1 load: errors, switch time, p99, PSS."""
-    switch = switch_under_load(
-        bench,
-        window=1.0 if short else 2.0,
-        steady_windows=3 if short else 5,
-        after_seconds=3.0 if short else AFTER_SECONDS,
-    )
-    memory = memory_through_reload(bench, requests=300 if short else 2000)
-    return {
-        "short": short,
-        "poll_seconds": POLL_SECONDS,
-        "switch": switch,
-        "memory": memory,
-        "failed": switch["failed"] or memory["failed"],
-        "wrk_command": switch["wrk_command"],
-    }
-
-
-def main() -> int:
-    """Run the reload scenario alone against a fresh emulator; print and save its results."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("--short", action="store_true", help="fewer, shorter windows and requests")
-    parser.add_argument("--warmup", type=float, default=4.0, help="wrk warm-up, seconds")
-    args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        print("wrk is missing: run bash bench/setup.sh", file=sys.stderr)
-        return 2
-    with fresh_bench("reload", warmup=args.warmup) as bench:
-        result = reload_scenario(bench, short=args.short)
-    out = output_path("reload", args.short)
-    out.write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: result[k] for k in ("failed", "poll_seconds")}, indent=1))
-    print(json.dumps({"switch": summary(result["switch"]), "memory": result["memory"]}, indent=1))
-    print(f"[reload] wrote {out}")
-    return 1 if result["failed"] else 0
-
-
-def summary(switch: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in switch.items() if k not in ("warmup", "wrk_command")}
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    window, steady, after = (1.0, 3, 3.0) if bench.short else (2.0, 5, AFTER_SECONDS)
+    switch = switch_under_load(bench, spec, window, steady, after)
+    memory = memory_through_reload(bench, spec, requests=300 if bench.short else 2000)
+    failed = switch["failed"] or memory["failed"]
+    out = {"short": bench.short, "poll_seconds": POLL_SECONDS, "switch": switch, "memory": memory}
+    return out | {"failed": failed, "wrk_command": switch["wrk_command"]}

@@ -1,7 +1,11 @@
-"""Run the benchmark end to end: set up, start the emulator, run the scenarios, write the report.
+"""Run the benchmark: set up, start the emulator, run the scenarios, write the report.
 
-.venv/bin/python bench/run.py                 # everything (what `make bench` runs)
-.venv/bin/python bench/run.py --only s1,s6    # a subset, e.g. while iterating
+.venv/bin/python bench/run.py                  # every `make bench` scenario; docs/benchmarks.md
+.venv/bin/python bench/run.py --only s1,s9     # some (bench/scenarios.py names them all)
+.venv/bin/python bench/run.py --only s9 --short  # a quick check that one works: no figure
+
+A run of some scenarios keeps its results but writes its report to bench/results/logs/, not over
+docs/benchmarks.md; only a full run measures the in-process hot path.
 """
 
 import argparse
@@ -13,44 +17,25 @@ import re
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import hotpath
-from emulator import create_features_table, pickle_models, start_emulator, upload_models
-from latency import SCENARIOS as LATENCY_SCENARIOS
+from emulator import emulated
 from load import POOL
-from overload import SCENARIOS as OVERLOAD_SCENARIOS
-from procs import free_port, stop_process
-from reloading import reload_scenario
 from report import write_chart, write_markdown
-from scenarios import SCENARIOS as BASE_SCENARIOS
-from scenarios import Bench
-from servers import BENCH_DIR, REPO, SEED_VENV, THREADS
+from scenarios import BY_NAME, SCENARIOS, Scenario
+from servers import BENCH_DIR, REPO, SEED_VENV, THREADS, Bench
 
-SCENARIOS = {
-    **BASE_SCENARIOS,
-    **LATENCY_SCENARIOS,
-    **OVERLOAD_SCENARIOS,
-    "reload": reload_scenario,
-}
-
-OURS_ENV = {
-    "HOST": "127.0.0.1",
-    "PORT": "PORT",
-    "WEB_CONCURRENCY": "N",
-    "THREADS": str(THREADS),
-    "GC_FREEZE": "true|false",
-    "S3_MODEL_PATH": "s3://bench-models/models/MODEL.pkl",
-    "FEATURES_TABLE": "features",
-    "AWS_ENDPOINT_URL": "http://127.0.0.1:MOTO_PORT",
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "LOGS_FRACTION": "0",
-}
+DEFAULT = [s.name for s in SCENARIOS if s.in_make_bench]
+RESULTS = BENCH_DIR / "results"
+OURS_ENV = (
+    "HOST=127.0.0.1 PORT=PORT WEB_CONCURRENCY=N THREADS={threads} GC_FREEZE=true|false"
+    " S3_MODEL_PATH=s3://bench-models/models/MODEL.pkl FEATURES_TABLE=features"
+    " AWS_ENDPOINT_URL=http://127.0.0.1:MOTO_PORT AWS_ACCESS_KEY_ID=testing"
+    " AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 LOGS_FRACTION=0"
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -58,26 +43,76 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument(
-        "--only", default=",".join(SCENARIOS), help="comma-separated scenarios (s1..s9, reload)"
+    names = ", ".join(
+        f"{s.name}{'' if s.in_make_bench else ' (not in make bench)'}" for s in SCENARIOS
     )
+    parser.add_argument("--only", default=",".join(DEFAULT), help=f"comma-separated: {names}")
     parser.add_argument("--rounds", type=int, default=5, help="wrk rounds per server and scenario")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of one wrk round")
     parser.add_argument("--warmup", type=float, default=4.0, help="wrk warm-up per server, seconds")
+    parser.add_argument("--short", action="store_true", help="2 rounds of 2 s, 1 s warm-ups")
     parser.add_argument("--skip-setup", action="store_true", help="do not run bench/setup.sh")
-    parser.add_argument(
-        "--report", default=str(REPO / "docs" / "benchmarks.md"), help="Markdown report path"
-    )
+    parser.add_argument("--report", help="Markdown report path (default: see above)")
     return parser.parse_args()
+
+
+def run(bench: Bench, scenario: Scenario) -> dict[str, Any]:
+    """Run one scenario; one that crashes is recorded as failed, so the rest still run."""
+    started = time.monotonic()
+    print(f"[bench] {scenario.name}: {scenario.title}", flush=True)
+    try:
+        result = scenario.shape(bench, *scenario.servers, **scenario.options)
+    except Exception as exc:  # a broken scenario must not hide the others' numbers
+        result = {"failed": True, "error": f"{type(exc).__name__}: {exc}"}
+        print(f"[bench] {scenario.name} FAILED: {exc}", flush=True)
+    result["elapsed_s"] = round(time.monotonic() - started, 1)
+    return result
+
+
+def main() -> int:
+    """Set up, run, report; exit non-zero if any scenario failed."""
+    args = parse_args()
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    if unknown := [n for n in names if n not in BY_NAME]:
+        sys.exit(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(BY_NAME)}")
+    if not args.skip_setup:
+        env = {**os.environ, "PYTHON": sys.executable}
+        subprocess.run(["bash", str(BENCH_DIR / "setup.sh")], check=True, env=env)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    log_dir = RESULTS / "logs"
+    timing = (2, 2.0, 1.0) if args.short else (args.rounds, args.seconds, args.warmup)
+    with emulated(log_dir, POOL, SEED_VENV / "bin" / "python") as (endpoint, models):
+        bench = Bench(endpoint, models["paths"], log_dir, *timing, args.short)
+        scenarios = {name: run(bench, BY_NAME[name]) for name in names}
+    published = names == DEFAULT and not args.short
+    results_file = (RESULTS if not args.short else log_dir) / f"bench-{stamp}.json"
+    results = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": shlex.join([Path(sys.executable).name, "bench/run.py", *sys.argv[1:]]),
+        "machine": describe_machine(),
+        "settings": dict(zip(("rounds", "seconds", "warmup"), timing, strict=True)),
+        "models": models["described"],
+        "commands": collect_commands(scenarios),
+        "results_file": str(results_file.relative_to(REPO)),
+        "scenarios": scenarios,
+    }
+    if published:
+        print("[bench] hot path, in process", flush=True)
+        results["hotpath"] = hotpath.measure()
+    results_file.write_text(json.dumps(results, indent=1).replace(f"{REPO}/", ""))
+    default_report = REPO / "docs" / "benchmarks.md" if published else log_dir / f"{stamp}.md"
+    report = Path(args.report) if args.report else default_report
+    chart = BENCH_DIR / "chart.png" if published else report.with_suffix(".png")
+    write_chart(results, chart)
+    write_markdown(results, report, chart)
+    print(f"[bench] wrote {report}, {chart}, {results_file}", flush=True)
+    return 1 if any(failed(s) for s in scenarios.values()) else 0
 
 
 def describe_machine() -> dict[str, Any]:
     """Return nproc, CPU model and Python version."""
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "?")
     return {
         "nproc": os.cpu_count(),
         "cpu_model": cpu,
@@ -86,84 +121,12 @@ def describe_machine() -> dict[str, Any]:
     }
 
 
-def run_scenarios(bench: Bench, names: list[str]) -> dict[str, Any]:
-    """Run each named scenario; one that crashes is recorded as failed and the rest still run."""
-    out: dict[str, Any] = {}
-    for name in names:
-        started = time.monotonic()
-        print(f"[bench] {name}: {SCENARIOS[name].__doc__}", flush=True)
-        try:
-            out[name] = SCENARIOS[name](bench)
-        except Exception as exc:  # a broken scenario must not hide the others' numbers
-            out[name] = {"failed": True, "error": f"{type(exc).__name__}: {exc}"}
-            print(f"[bench] {name} FAILED: {exc}", flush=True)
-        out[name]["elapsed_s"] = round(time.monotonic() - started, 1)
-    return out
-
-
-def main() -> int:
-    """Set up, run, report; exit non-zero if any scenario failed."""
-    args = parse_args()
-    names = [n.strip() for n in args.only.split(",") if n.strip()]
-    if not args.skip_setup:
-        subprocess.run(
-            ["bash", str(BENCH_DIR / "setup.sh")],
-            check=True,
-            env={**os.environ, "PYTHON": sys.executable},
-        )
-    results_dir = BENCH_DIR / "results"
-    log_dir = results_dir / "logs"
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    port = free_port()
-    emulator = start_emulator(port, log_dir / "moto.log")
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-models-") as tmp:
-            described = pickle_models(
-                SEED_VENV / "bin" / "python", BENCH_DIR / "models.py", Path(tmp)
-            )
-            create_features_table(endpoint, POOL)
-            models = upload_models(endpoint, Path(tmp))
-        bench = Bench(
-            endpoint=endpoint,
-            models=models,
-            log_dir=log_dir,
-            lua_dir=results_dir / "lua",
-            rounds=args.rounds,
-            seconds=args.seconds,
-            warmup=args.warmup,
-        )
-        scenarios = run_scenarios(bench, names)
-    finally:
-        stop_process(emulator)
-    print("[bench] hot path, in process", flush=True)
-    hot = hotpath.measure()
-    results_file = results_dir / f"bench-{stamp}.json"
-    results = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": shlex.join([Path(sys.executable).name, "bench/run.py", *sys.argv[1:]]),
-        "machine": describe_machine(),
-        "settings": {"rounds": args.rounds, "seconds": args.seconds, "warmup": args.warmup},
-        "models": described,
-        "commands": collect_commands(scenarios),
-        "results_file": str(results_file.relative_to(REPO)),
-        "scenarios": scenarios,
-        "hotpath": hot,
-    }
-    results_file.write_text(json.dumps(results, indent=1).replace(f"{REPO}/", ""))
-    chart = BENCH_DIR / "chart.png"
-    write_chart(results, chart)
-    write_markdown(results, Path(args.report), chart)
-    print(f"[bench] wrote {args.report}, {chart}, {results_file}", flush=True)
-    return 1 if any(failed(s) for s in scenarios.values()) else 0
-
-
 def collect_commands(scenarios: dict[str, Any]) -> dict[str, str]:
     """Gather the server and load commands used, once each, ports and paths made generic."""
     commands = {
         "setup": "bash bench/setup.sh",
         "emulator": "python -m moto.server -H 127.0.0.1 -p MOTO_PORT",
-        "ours env": " ".join(f"{k}={v}" for k, v in OURS_ENV.items()),
+        "ours env": OURS_ENV.format(threads=THREADS),
     }
     for result in scenarios.values():
         for part in [result, *result.get("by_workers", {}).values()]:
@@ -176,19 +139,16 @@ def collect_commands(scenarios: dict[str, Any]) -> dict[str, str]:
 
 def generic(cmd: str) -> str:
     """Strip this checkout's path and this run's ports from a command line."""
-    cmd = cmd.replace(str(REPO) + "/", "")
-    cmd = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", cmd)
+    cmd = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", cmd.replace(str(REPO) + "/", ""))
     return re.sub(r"--port \d+", "--port PORT", cmd)
 
 
 def failed(scenario: dict[str, Any]) -> bool:
     """Tell whether a scenario crashed or saw errors or non-2xx answers."""
-    if scenario.get("failed"):
-        return True
     parts = [scenario, *scenario.get("by_workers", {}).values()]
-    if any(s.get("failed") for p in parts for s in p.get("summary", {}).values()):
-        return True
-    return any(v.get("failed") for v in scenario.get("variants", {}).values())
+    inner = [s for p in parts for s in p.get("summary", {}).values()]
+    inner += scenario.get("variants", {}).values()
+    return bool(scenario.get("failed")) or any(s.get("failed") for s in inner)
 
 
 if __name__ == "__main__":

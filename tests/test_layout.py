@@ -89,3 +89,17 @@ def test_the_package_keeps_a_few_modules_at_its_top_and_documents_each_sub_packa
         if package.is_dir() and package.name != "__pycache__":
             doc = ast.get_docstring(ast.parse((package / "__init__.py").read_text()))
             assert doc and "import" in doc, f"{package.name}/__init__.py says what it may import"
+
+
+BENCH_SHARE = 0.6  # the measuring kit stays smaller than what it measures
+
+
+def python_lines(directory: Path) -> int:
+    """Count the lines of the Python files under directory, virtual environments left out."""
+    paths = (p for p in directory.rglob("*.py") if not any(".venv" in q for q in p.parts))
+    return sum(len(p.read_text().splitlines()) for p in paths)
+
+
+def test_the_bench_stays_at_most_six_tenths_of_the_package() -> None:
+    bench, package = python_lines(ROOT / "bench"), python_lines(ROOT / "scorer")
+    assert bench <= BENCH_SHARE * package, f"bench/ {bench} lines, scorer/ {package}"
