@@ -54,7 +54,9 @@ def soak(
             samples.append(sample(server, metrics_dir, started))
         master_alive = server.proc.poll() is None
     booted = (scratch / f"{spec.label}.log").read_text(errors="replace").count("Booting worker")
-    warmed = [x for x in samples if x["t"] >= min(60, minutes * 20)] or samples[-2:]
+    # After warm-up, and only where every worker was up: a sample mid-recycle misses one.
+    full = [x for x in samples if len(x["workers"]) == spec.workers]
+    warmed = [x for x in full if x["t"] >= min(60, minutes * 20)] or full[-2:]
     latencies = sorted(v for w in windows for v in w.pop("ok_samples"))
     failures = {
         "non-2xx": sum(w["refused"] + sum(w["other_status"].values()) for w in windows),
