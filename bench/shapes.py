@@ -56,13 +56,13 @@ def warm(server: Server, workload: Workload, lua: Args, seconds: float) -> dict[
     if not workload.cold:
         bodies = [make_body(f"u{k}", warm_urls(k, workload.streams)) for k in range(BODIES)]
         primed = send_all(server.base, bodies * 3 * max(1, len(server.workers)), keepalive=False)
-    rps: list[float] = []
-    for _ in range(4):
-        runs = run_wrk(server.base, lua, seconds)
-        rps.append(runs.get("rps", 0))
+    runs: list[dict[str, Any]] = []
+    while len(runs) < 4:
+        runs.append(run_wrk(server.base, lua, seconds))
+        rps = [r.get("rps") or 0 for r in runs]
         if len(rps) >= 2 and abs(rps[-1] - rps[-2]) <= 0.15 * max(rps[-1], 1):
             break
-    return {"primed": primed, "wrk_rps": rps, "ok": bool(runs.get("ok"))}
+    return {"primed": primed, "wrk_rps": rps, "ok": all(r.get("ok") for r in runs)}
 
 
 @contextmanager
@@ -142,7 +142,7 @@ def cold(bench: Bench, *specs: ServerSpec, many: int = 100, few: int = 10) -> di
     result["cold_latency"] = {
         "few_streams": few,
         "many_streams": many,
-        "requests_each": 50,
+        "requests_each": len(times[few]),
         "few_median_ms": round(few_ms, 2),
         "many_median_ms": round(many_ms, 2),
         "ratio": round(many_ms / few_ms, 3),
